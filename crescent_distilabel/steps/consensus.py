@@ -1,0 +1,159 @@
+"""Stage 3, consensus enhancement: k answers per question, majority vote on the final answers."""
+
+from typing import Any, Literal
+
+from distilabel.steps import StepInput
+from distilabel.steps.tasks import Task
+from distilabel.typing import ChatType, StepColumns, StepOutput
+from pydantic import Field, PositiveInt, field_validator
+
+from crescent_distilabel.prompts import ANSWER_TEMPLATE, check_template
+from crescent_distilabel.steps._llm import generate, user_turn
+from crescent_distilabel.voting import required_votes, vote_on_chains
+
+
+class Consensus(Task):
+    """Answers each question k times and keeps the answer the model agrees with itself on.
+
+    Final answers are read from each chain (``#### Answer:``, ``####``, ``\\boxed{}``, "the answer is",
+    else the last number), normalised to exact values (1,200 == 1200.00; 3/4 == 0.75) and voted on. The
+    question is kept when the winner has at least ``min_agreement`` of the k votes. The training chain is
+    the first sampled chain whose answer is the winner. The SFT view pairs the bare question (as the
+    released data does, without the answer instruction) with that chain.
+
+    Attributes:
+        k: answers sampled per question.
+        answer_template: the answer prompt, with ``{question}``.
+        min_agreement: ``"majority"`` (more than k/2 votes) or the fraction of k the winner needs; 0 keeps
+            every question with an answer, like the released scripts.
+        tie_policy: ``"drop"`` tied questions, or take the ``"first"`` sampled tied answer (the scripts).
+        no_answer_policy: ``"abstain"``: a chain without an answer casts no vote but counts in k;
+            ``"vote"``: "no answer" competes like an answer (the scripts).
+
+    Input columns:
+        - question (`str | None`): the question (None for rows dropped upstream).
+        - drop_reason (`str | None`, optional): rows with a reason are passed through untouched.
+
+    Output columns:
+        - answer (`str | None`): the chosen chain of thought.
+        - final_answer (`str | None`): the winning final answer, normalised ("1200", "0.75").
+        - chains (`list[str | None]`): all k sampled chains.
+        - extracted_answers (`list[str | None]`): each chain's final answer as written.
+        - vote_answers (`list[str]`): the distinct answers, most votes first.
+        - vote_counts (`list[int]`): their votes.
+        - agreement (`float | None`): winner votes / k.
+        - k (`int`): chains sampled.
+        - messages (`list[dict[str, str]] | None`): the SFT view, user question then assistant chain.
+        - drop_reason (`str | None`): ``no_answer``, ``tie`` or ``low_agreement`` when not kept.
+        - answer_tokens (`int`): output tokens of all k chains.
+        - answer_model (`str`): the model that answered.
+
+    Categories:
+        - text-generation
+        - filtering
+
+    References:
+        - [The Self-Improvement Paradox: Can Language Models Bootstrap Reasoning Capabilities without External Scaffolding?](https://arxiv.org/abs/2502.13441)
+
+    Examples:
+        Answer with five samples and keep a 60% consensus:
+
+        ```python
+        from crescent_distilabel.steps import Consensus
+        from distilabel.models.llms import LlamaCppLLM
+
+        consensus = Consensus(llm=LlamaCppLLM(model_path="model.gguf"), k=5, min_agreement=0.6)
+        consensus.load()
+        rows = next(consensus.process([{"question": "Tom has 3 apples and buys 4. How many?"}]))
+        ```
+    """
+
+    k: PositiveInt = 3
+    answer_template: str = ANSWER_TEMPLATE
+    min_agreement: float | Literal["majority"] = "majority"
+    tie_policy: Literal["drop", "first"] = "drop"
+    no_answer_policy: Literal["abstain", "vote"] = "abstain"
+    group_generations: bool = Field(default=True, exclude=True)
+
+    @field_validator("min_agreement")
+    @classmethod
+    def _check_agreement(cls, value: float | str) -> float | str:
+        required_votes(1, value)  # type: ignore[arg-type]  # raises on values outside [0, 1]
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        check_template(self.answer_template, ("question",))
+        super().model_post_init(__context)
+
+    @property
+    def inputs(self) -> StepColumns:
+        return {"question": True, "drop_reason": False}
+
+    @property
+    def outputs(self) -> StepColumns:
+        return [
+            "answer",
+            "final_answer",
+            "chains",
+            "extracted_answers",
+            "vote_answers",
+            "vote_counts",
+            "agreement",
+            "k",
+            "messages",
+            "drop_reason",
+            "answer_tokens",
+            "answer_model",
+        ]
+
+    def format_input(self, input: dict[str, Any]) -> ChatType:  # noqa: A002 - distilabel's signature
+        return user_turn(self.answer_template.format(question=input["question"]))
+
+    def format_output(self, output: str | None, input: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: A002
+        return {"answer": output}
+
+    def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
+        empty = {
+            "answer": None,
+            "final_answer": None,
+            "chains": [],
+            "extracted_answers": [],
+            "vote_answers": [],
+            "vote_counts": [],
+            "agreement": None,
+            "k": self.k,
+            "messages": None,
+            "answer_tokens": 0,
+            "answer_model": self.llm.model_name,
+        }
+        rows = [{**row, **empty, "drop_reason": row.get("drop_reason")} for row in inputs]
+        live = [i for i, row in enumerate(rows) if row["drop_reason"] is None and row.get("question")]
+        prompts = [self.answer_template.format(question=rows[i]["question"]) for i in live]
+        for i, (chains, tokens) in zip(live, generate(self.llm, prompts, self.k)):
+            vote, extracted = vote_on_chains(
+                chains,
+                min_agreement=self.min_agreement,
+                tie_policy=self.tie_policy,
+                no_answer_policy=self.no_answer_policy,
+            )
+            row = rows[i]
+            row.update(
+                chains=chains,
+                extracted_answers=extracted,
+                vote_answers=list(vote.counts),
+                vote_counts=list(vote.counts.values()),
+                agreement=vote.agreement,
+                answer_tokens=sum(tokens),
+                drop_reason=vote.drop_reason,
+            )
+            if vote.kept and vote.winner is not None:
+                chain = chains[vote.winner]
+                row.update(
+                    answer=chain,
+                    final_answer=vote.answer,
+                    messages=[
+                        {"role": "user", "content": row["question"]},
+                        {"role": "assistant", "content": chain},
+                    ],
+                )
+        yield rows

@@ -1,0 +1,212 @@
+"""Stage 2, diversification: rejection-sampling self-deduplication with rewrites."""
+
+from typing import Any
+
+import numpy as np
+from distilabel.models.embeddings.base import Embeddings
+from distilabel.steps import StepInput
+from distilabel.steps.tasks import Task
+from distilabel.typing import ChatType, StepColumns, StepOutput
+from pydantic import Field, PositiveInt, PrivateAttr
+
+from crescent_distilabel.cleaning import clean_question
+from crescent_distilabel.embeddings import SentenceEmbeddings
+from crescent_distilabel.prompts import REWRITE_TEMPLATE, check_template
+from crescent_distilabel.similarity import (
+    HISTORY_THRESHOLD,
+    WITHIN_BATCH_THRESHOLD,
+    SimilarityIndex,
+    accept_against_history,
+    normalize_rows,
+    within_batch_duplicates,
+)
+from crescent_distilabel.steps._llm import generate, user_turn
+
+
+class Diversify(Task):
+    """Keeps a question only if it is not too similar to one already accepted; near-duplicates are rewritten.
+
+    Within each input batch, a question is dropped when a later question of the batch has cosine
+    >= ``within_batch_threshold``. Each remaining question is compared with every accepted question so far
+    (those of the same batch included); if its nearest neighbour has cosine > ``history_threshold`` the
+    LLM is asked to rewrite it away from that neighbour. The rewrite is cleaned and checked again, up to
+    ``max_rewrites`` rounds, then the question is dropped. The released scripts accept the first rewrite
+    unchecked: ``recheck_rewrites=False`` with ``max_rewrites=1`` reproduces that. The accepted history
+    lives in the step, so this step must run as a single replica.
+
+    Attributes:
+        embeddings: the sentence-embedding model (all-MiniLM-L6-v2 by default).
+        within_batch_threshold: cosine at which a question loses to a later one of its batch.
+        history_threshold: cosine above which a question is a near-duplicate of an accepted one.
+        max_rewrites: rewrite rounds before a near-duplicate is dropped (0 drops at once).
+        recheck_rewrites: check each rewrite again; False accepts it unchecked (the scripts' behaviour).
+        rewrite_template: the rewrite request, with ``{question}`` and ``{neighbour}``.
+        exact_limit: accepted questions searched exactly; past it the history moves to an HNSW graph.
+        min_chars: rewrites shorter than this are dropped.
+        max_chars: rewrites longer than this are dropped.
+        require_digits: drop rewrites without a digit.
+
+    Input columns:
+        - question (`str | None`): the cleaned question (None for rows dropped upstream).
+        - drop_reason (`str | None`, optional): rows with a reason are passed through untouched.
+
+    Output columns:
+        - question (`str | None`): the accepted question (possibly rewritten), None when dropped.
+        - original_question (`str | None`): the question before any rewrite.
+        - rewrites (`int | None`): rewrite rounds it took.
+        - nearest_question (`str | None`): the most similar question accepted before it.
+        - nearest_similarity (`float | None`): their cosine similarity.
+        - drop_reason (`str | None`): ``batch_duplicate``, ``duplicate`` or ``rewrite_<cleaning reason>``.
+        - rewrite_tokens (`int`): output tokens spent on rewrites.
+
+    Categories:
+        - filtering
+        - text-generation
+
+    References:
+        - [The Self-Improvement Paradox: Can Language Models Bootstrap Reasoning Capabilities without External Scaffolding?](https://arxiv.org/abs/2502.13441)
+
+    Examples:
+        Deduplicate questions, rewriting near-duplicates with the same model:
+
+        ```python
+        from crescent_distilabel.steps import Diversify
+        from distilabel.models.llms import LlamaCppLLM
+
+        diversify = Diversify(llm=LlamaCppLLM(model_path="model.gguf"), max_rewrites=2)
+        diversify.load()
+        rows = next(diversify.process([{"question": "Tom has 3 apples. How many ...?"}]))
+        ```
+    """
+
+    embeddings: Embeddings = Field(default_factory=SentenceEmbeddings)
+    within_batch_threshold: float = Field(default=WITHIN_BATCH_THRESHOLD, ge=0.0, le=1.0)
+    history_threshold: float = Field(default=HISTORY_THRESHOLD, ge=0.0, le=1.0)
+    max_rewrites: int = Field(default=2, ge=0)
+    recheck_rewrites: bool = True
+    rewrite_template: str = REWRITE_TEMPLATE
+    exact_limit: PositiveInt | None = 50_000
+    min_chars: int = Field(default=20, ge=0)
+    max_chars: PositiveInt = 1500
+    require_digits: bool = True
+
+    _index: SimilarityIndex | None = PrivateAttr(None)
+    _texts: list[str] = PrivateAttr(default_factory=list)
+
+    def model_post_init(self, __context: Any) -> None:
+        check_template(self.rewrite_template, ("question", "neighbour"))
+        super().model_post_init(__context)
+
+    @property
+    def inputs(self) -> StepColumns:
+        return {"question": True, "drop_reason": False}
+
+    @property
+    def outputs(self) -> StepColumns:
+        return [
+            "question",
+            "original_question",
+            "rewrites",
+            "nearest_question",
+            "nearest_similarity",
+            "drop_reason",
+            "rewrite_tokens",
+        ]
+
+    def load(self) -> None:
+        super().load()
+        self.embeddings.load()
+        self._index = None
+        self._texts = []
+
+    def unload(self) -> None:
+        self.embeddings.unload()
+        super().unload()
+
+    def format_input(self, input: dict[str, Any]) -> ChatType:  # noqa: A002 - distilabel's signature
+        return user_turn(self.rewrite_template.format(question=input["question"], neighbour=input["neighbour"]))
+
+    def format_output(self, output: str | None, input: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: A002
+        cleaned = clean_question(
+            output, min_chars=self.min_chars, max_chars=self.max_chars, require_digits=self.require_digits
+        )
+        return {"question": cleaned.question, "drop_reason": cleaned.drop_reason}
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        vectors = normalize_rows(np.asarray(self.embeddings.encode(texts), dtype=np.float32))
+        if self._index is None:
+            self._index = SimilarityIndex(vectors.shape[1], exact_limit=self.exact_limit)
+        return vectors
+
+    def _accept(self, rows: list[dict[str, Any]], live: list[int], vectors: np.ndarray) -> list[int]:
+        """Check rows against the history (which takes the accepted ones); returns rows to rewrite."""
+        assert self._index is not None
+        decisions = accept_against_history(vectors, self._index, self.history_threshold)
+        base = len(self._texts)
+        self._texts.extend(rows[i]["question"] for i, d in zip(live, decisions) if d.accepted)
+        to_rewrite = []
+        for i, decision in zip(live, decisions):
+            row = rows[i]
+            if decision.neighbour >= 0:  # history ids: earlier batches first, then this batch's accepted
+                row["nearest_similarity"] = decision.similarity
+                row["nearest_question"] = self._texts[decision.neighbour]
+            if decision.accepted:
+                continue
+            if row["rewrites"] < self.max_rewrites:
+                to_rewrite.append(i)
+            else:
+                row["drop_reason"] = "duplicate"
+        assert len(self._texts) == len(self._index), (base, len(self._index))
+        return to_rewrite
+
+    def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
+        rows = [
+            {
+                **row,
+                "original_question": row.get("question"),
+                "rewrites": 0,
+                "nearest_question": None,
+                "nearest_similarity": None,
+                "rewrite_tokens": 0,
+                "drop_reason": row.get("drop_reason") or (None if row.get("question") else "empty"),
+            }
+            for row in inputs
+        ]
+        live = [i for i, row in enumerate(rows) if row["drop_reason"] is None]
+        if live:
+            vectors = self._embed([rows[i]["question"] for i in live])
+            batch_dup = within_batch_duplicates(vectors, self.within_batch_threshold)
+            for i in np.asarray(live)[batch_dup]:
+                rows[i]["drop_reason"] = "batch_duplicate"
+            live, vectors = [i for i, d in zip(live, batch_dup) if not d], vectors[~batch_dup]
+        while live:
+            to_rewrite = self._accept(rows, live, vectors)
+            if not to_rewrite:
+                break
+            prompts = [
+                self.rewrite_template.format(question=rows[i]["question"], neighbour=rows[i]["nearest_question"])
+                for i in to_rewrite
+            ]
+            live = []
+            for i, (texts, tokens) in zip(to_rewrite, generate(self.llm, prompts, 1)):
+                row = rows[i]
+                row["rewrites"] += 1
+                row["rewrite_tokens"] += tokens[0]
+                cleaned = self.format_output(texts[0])
+                if cleaned["question"] is None:
+                    row["drop_reason"] = f"rewrite_{cleaned['drop_reason']}"
+                    continue
+                row["question"] = cleaned["question"]
+                live.append(i)
+            if not live:
+                break
+            vectors = self._embed([rows[i]["question"] for i in live])
+            if not self.recheck_rewrites:  # the released scripts: a rewrite is accepted as it is
+                assert self._index is not None
+                self._index.add(vectors)
+                self._texts.extend(rows[i]["question"] for i in live)
+                break
+        for row in rows:
+            if row["drop_reason"] is not None:
+                row["question"] = None
+        yield rows
