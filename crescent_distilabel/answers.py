@@ -48,7 +48,9 @@ def _boxed(text: str) -> str | None:
 
 
 def _first_line(value: str) -> str:
-    return value.strip().split("\n", 1)[0].strip()
+    """The answer's own text: up to the end of its line or sentence (a decimal point has no space after)."""
+    line = value.strip().split("\n", 1)[0]
+    return re.split(r"\.\s", line, maxsplit=1)[0].strip()
 
 
 def extract_answer(text: str | None) -> str | None:
@@ -141,11 +143,14 @@ def _latex_key(value: str) -> AnswerKey | None:
         return None
     expr = parsed[0]
     try:
+        import sympy
+
+        expr = sympy.simplify(expr)
         if getattr(expr, "is_Rational", False):
             return Fraction(int(expr.p), int(expr.q))
         if getattr(expr, "is_Float", False):
             return Fraction(str(expr)).limit_denominator(10**9)
-    except (TypeError, ValueError, AttributeError):
+    except Exception:  # noqa: BLE001 - sympy raises many types; keep the unsimplified form
         pass
     return str(expr)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 from distilabel.models.embeddings import SentenceTransformerEmbeddings
+from distilabel.models.mixins.cuda_device_placement import CudaDevicePlacementMixin
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -42,10 +44,34 @@ class SentenceEmbeddings(SentenceTransformerEmbeddings):
     model: str = DEFAULT_EMBEDDING_MODEL
     normalize_embeddings: bool = True  # cosine similarity is then a dot product
 
+    batch_size: int = 64
+
     def load(self) -> None:
-        hub_id = self.model
-        self.model = resolve_embedding_model(hub_id)
-        try:
-            super().load()
-        finally:
-            self.model = hub_id
+        from sentence_transformers import SentenceTransformer
+
+        if self.device == "cuda":
+            CudaDevicePlacementMixin.load(self)
+        self._model = SentenceTransformer(
+            resolve_embedding_model(self.model),
+            device=self.device,
+            trust_remote_code=self.trust_remote_code,
+            revision=self.revision,
+            token=self.token,
+            truncate_dim=self.truncate_dim,
+            model_kwargs=self.model_kwargs,
+        )
+
+    def encode(self, inputs: list[str]) -> list[list[float]]:
+        """Embeddings of ``inputs`` in batches of ``batch_size``, unit-normalised."""
+        return self.encode_array(inputs).tolist()
+
+    def encode_array(self, inputs: list[str]) -> np.ndarray:
+        """Like :meth:`encode`, as a float32 array (no list round trip)."""
+        if not inputs:
+            return np.empty((0, self._model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
+        return self._model.encode(
+            list(inputs),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=self.normalize_embeddings,
+        ).astype(np.float32)

@@ -100,7 +100,7 @@ def build_pipeline(
         consensus = Consensus(
             name="consensus",
             llm=answer_llm,
-            k=con_cfg.k if con_cfg.enabled else 1,
+            num_answers=con_cfg.k if con_cfg.enabled else 1,
             min_agreement=con_cfg.min_agreement if con_cfg.enabled else 0.0,
             tie_policy=con_cfg.tie_policy,
             no_answer_policy=con_cfg.no_answer_policy,

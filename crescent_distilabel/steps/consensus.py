@@ -22,7 +22,9 @@ class Consensus(Task):
     released data does, without the answer instruction) with that chain.
 
     Attributes:
-        k: answers sampled per question.
+        num_answers: answers sampled per question (the paper's k). Not named ``k``: distilabel 1.5.3 drops
+            one-letter fields named a, e, i, k, p or y from ``pipeline.yaml`` (it excludes "api_key" as a
+            string, i.e. as a set of characters).
         answer_template: the answer prompt, with ``{question}``.
         min_agreement: ``"majority"`` (more than k/2 votes) or the fraction of k the winner needs; 0 keeps
             every question with an answer, like the released scripts.
@@ -62,13 +64,13 @@ class Consensus(Task):
         from crescent_distilabel.steps import Consensus
         from distilabel.models.llms import LlamaCppLLM
 
-        consensus = Consensus(llm=LlamaCppLLM(model_path="model.gguf"), k=5, min_agreement=0.6)
+        consensus = Consensus(llm=LlamaCppLLM(model_path="model.gguf"), num_answers=5, min_agreement=0.6)
         consensus.load()
         rows = next(consensus.process([{"question": "Tom has 3 apples and buys 4. How many?"}]))
         ```
     """
 
-    k: PositiveInt = 3
+    num_answers: PositiveInt = 3
     answer_template: str = ANSWER_TEMPLATE
     min_agreement: float | Literal["majority"] = "majority"
     tie_policy: Literal["drop", "first"] = "drop"
@@ -121,7 +123,7 @@ class Consensus(Task):
             "vote_answers": [],
             "vote_counts": [],
             "agreement": None,
-            "k": self.k,
+            "k": self.num_answers,
             "messages": None,
             "answer_tokens": 0,
             "answer_model": self.llm.model_name,
@@ -129,7 +131,7 @@ class Consensus(Task):
         rows = [{**row, **empty, "drop_reason": row.get("drop_reason")} for row in inputs]
         live = [i for i, row in enumerate(rows) if row["drop_reason"] is None and row.get("question")]
         prompts = [self.answer_template.format(question=rows[i]["question"]) for i in live]
-        for i, (chains, tokens) in zip(live, generate(self.llm, prompts, self.k)):
+        for i, (chains, tokens) in zip(live, generate(self.llm, prompts, self.num_answers)):
             vote, extracted = vote_on_chains(
                 chains,
                 min_agreement=self.min_agreement,

@@ -133,7 +133,9 @@ class Diversify(Task):
         return {"question": cleaned.question, "drop_reason": cleaned.drop_reason}
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        vectors = normalize_rows(np.asarray(self.embeddings.encode(texts), dtype=np.float32))
+        encode_array = getattr(self.embeddings, "encode_array", None)  # ours skips a list round trip
+        raw = encode_array(texts) if encode_array else np.asarray(self.embeddings.encode(texts), dtype=np.float32)
+        vectors = normalize_rows(raw)
         if self._index is None:
             self._index = SimilarityIndex(vectors.shape[1], exact_limit=self.exact_limit)
         return vectors

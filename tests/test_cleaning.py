@@ -1,0 +1,90 @@
+"""Cleaning must strip the chat wrapper and nothing else: numbers, symbols, units and LaTeX survive."""
+
+import pytest
+
+from crescent_distilabel.cleaning import DROP_REASONS, clean_question, is_repetitive, strip_chat
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            "Sure! Here's a unique math word problem for you:\n\nA shirt costs $0.75 more than a hat. "
+            "If the hat costs $12.50, what is the total cost?",
+            "A shirt costs $0.75 more than a hat. If the hat costs $12.50, what is the total cost?",
+        ),
+        (
+            "Problem: Maria ate 3/4 of a pizza and Tom ate 15% of what was left. How much is left?",
+            "Maria ate 3/4 of a pizza and Tom ate 15% of what was left. How much is left?",
+        ),
+        (
+            "**Problem:** The temperature fell from 5°C to -5°C. By how many degrees did it fall?\n\n"
+            "**Solution:** It fell by 10 degrees.",
+            "The temperature fell from 5°C to -5°C. By how many degrees did it fall?",
+        ),
+        (
+            "Find the value of $x$ if $\\frac{x}{3} + 2 = 7$.",
+            "Find the value of $x$ if $\\frac{x}{3} + 2 = 7$.",
+        ),
+        (
+            "Of course! Here is one: A train travels 120 km in 1.5 hours. What is its average speed in km/h?"
+            " I hope this helps!",
+            "A train travels 120 km in 1.5 hours. What is its average speed in km/h?",
+        ),
+        (
+            "Math Word Problem: A farmer has 1,250 sheep and sells 340. How many remain?\n\nAnswer: 910",
+            "A farmer has 1,250 sheep and sells 340. How many remain?",
+        ),
+        (
+            '"Lena saves 20 dollars a week. How many weeks until she has 260 dollars?"',
+            "Lena saves 20 dollars a week. How many weeks until she has 260 dollars?",
+        ),
+        (
+            "I'm ready. Here's a math word problem: 1) What is 2 + 2? 2) What is 3 * 3?",
+            "1) What is 2 + 2? 2) What is 3 * 3?",
+        ),
+        (
+            "A box holds 12 eggs. How many boxes for 150 eggs?\n\nTo solve this, divide 150 by 12.",
+            "A box holds 12 eggs. How many boxes for 150 eggs?",
+        ),
+    ],
+)
+def test_strip_chat_keeps_the_problem_verbatim(raw: str, expected: str) -> None:
+    assert strip_chat(raw) == expected
+    assert clean_question(raw).question == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("", "empty"),
+        ("   \n ", "empty"),
+        (None, "empty"),
+        ("I'm sorry, but I can't help with that request about 5 apples.", "refusal"),
+        ("Problem: 2+2?", "too_short"),
+        ("A math word problem with unique and diverse mathematical possibilities for everyone.", "no_digits"),
+        ("If 3 cats " + "and then the cats " * 30 + "how many?", "repetitive"),
+        ("Sure! Here's a problem:", "empty"),
+    ],
+)
+def test_degenerate_samples_are_dropped_with_a_reason(raw: str | None, reason: str) -> None:
+    cleaned = clean_question(raw)
+    assert cleaned.question is None
+    assert cleaned.drop_reason == reason
+    assert reason in DROP_REASONS
+
+
+def test_length_limits_are_configurable() -> None:
+    text = "A car travels 60 miles per hour for 3 hours. How far does it go?"
+    assert clean_question(text, max_chars=30).drop_reason == "too_long"
+    assert clean_question(text, min_chars=100).drop_reason == "too_short"
+    assert clean_question("Name three primary colours of light used in screens?", require_digits=False).question
+
+
+def test_repetition_detector_spares_normal_problems() -> None:
+    normal = (
+        "A school has 420 students. 3/7 of them walk to school, 1/4 of the rest take the bus, and the others "
+        "are driven by their parents. How many students are driven to school?"
+    )
+    assert not is_repetitive(normal)
+    assert is_repetitive("one two three " * 10)
