@@ -150,7 +150,7 @@ def _latex_key(value: str) -> AnswerKey | None:
             return Fraction(int(expr.p), int(expr.q))
         if getattr(expr, "is_Float", False):
             return Fraction(str(expr)).limit_denominator(10**9)
-    except Exception:  # noqa: BLE001 - sympy raises many types; keep the unsimplified form
+    except Exception:  # sympy raises many types; keep the unsimplified form
         pass
     return str(expr)
 

@@ -95,10 +95,11 @@ def build_llm(config: ModelConfig, sampling: SamplingConfig, *, seed: int, check
         "top_p": sampling.top_p,
     }
     if config.backend == "llamacpp":
-        from distilabel.models.llms import LlamaCppLLM
+        from crescent_distilabel.llms import LlamaCppChatLLM
 
         extra = {"n_threads": config.n_threads or os.cpu_count() or 1}
-        return LlamaCppLLM(
+        return LlamaCppChatLLM(
+            model=config.model,
             model_path=resolve_gguf(config.model),
             n_ctx=config.n_ctx,
             seed=seed,
@@ -106,7 +107,7 @@ def build_llm(config: ModelConfig, sampling: SamplingConfig, *, seed: int, check
             generation_kwargs=kwargs,
         )
     if config.backend == "openai":
-        from distilabel.models.llms import OpenAILLM
+        from crescent_distilabel.llms import OpenAICompatibleLLM
 
         if not config.base_url:
             raise BackendError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1 for `vllm serve`")
@@ -114,7 +115,7 @@ def build_llm(config: ModelConfig, sampling: SamplingConfig, *, seed: int, check
         if check:
             check_endpoint(config.base_url, api_key, timeout=min(config.timeout, 10.0))
         # distilabel leaves any field named api_key out of pipeline.yaml; the recipe names only the variable.
-        return OpenAILLM(
+        return OpenAICompatibleLLM(
             model=config.model,
             base_url=config.base_url,
             api_key=api_key,

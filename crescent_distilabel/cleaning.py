@@ -32,8 +32,8 @@ _INTRO = re.compile(
 )
 _INTERJECTION = re.compile(r"^(?:sure|certainly|of course|absolutely|okay|ok|alright|great)\s*[!.,]+\s*", re.I)
 _LABEL = re.compile(
-    r"^(?:#+\s*)?(?:(?:unique|new|creative|diverse|high[- ]school)\s+)*(?:math(?:ematics)?\s+)?(?:word\s+)?"
-    r"(?:problem|question)(?:\s*(?:#\s*)?\d+)?\s*[:.\-–]\s*",
+    r"^(?:#+\s*)?(?:the\s+|a\s+)?(?:(?:unique|new|creative|diverse|high[- ]school)\s+)*(?:math(?:ematics)?\s+)?"
+    r"(?:word\s+)?(?:problem|question)(?:\s*(?:#\s*)?\d+)?(?:\s+(?:is|in question))?\s*[:.\-–]\s*",
     re.IGNORECASE,
 )
 # Where the problem ends and a solution, an answer or a sign-off begins.

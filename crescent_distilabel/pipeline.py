@@ -20,6 +20,7 @@ from distilabel.pipeline import Pipeline
 from distilabel.steps import StepResources
 
 from crescent_distilabel.backends import build_llm
+from crescent_distilabel.card import dataset_card
 from crescent_distilabel.cleaning import DROP_REASONS
 from crescent_distilabel.embeddings import SentenceEmbeddings
 from crescent_distilabel.recipe import Recipe, dump_recipe
@@ -76,6 +77,7 @@ def build_pipeline(
             min_chars=bait_cfg.min_chars,
             max_chars=bait_cfg.max_chars,
             require_digits=bait_cfg.require_digits,
+            seed=recipe.seed,
             batch_size=bait_cfg.samples_per_call * max(1, 50 // bait_cfg.samples_per_call),
         )
         last: Any = bait
@@ -93,6 +95,7 @@ def build_pipeline(
                 min_chars=bait_cfg.min_chars,
                 max_chars=bait_cfg.max_chars,
                 require_digits=bait_cfg.require_digits,
+                seed=recipe.seed,
                 input_batch_size=div_cfg.batch_size or bait_cfg.samples_per_call,
                 resources=StepResources(replicas=1),  # the accepted history lives in this one process
             )
@@ -105,6 +108,7 @@ def build_pipeline(
             tie_policy=con_cfg.tie_policy,
             no_answer_policy=con_cfg.no_answer_policy,
             answer_template=con_cfg.answer_prompt,
+            seed=recipe.seed,
             input_batch_size=con_cfg.batch_size,
         )
         last >> consensus
@@ -125,6 +129,8 @@ class RunSummary:
     question_tokens: int = 0
     rewrite_tokens: int = 0
     answer_tokens: int = 0
+    truncated_questions: int = 0
+    truncated_chains: int = 0
     wall_time_s: float = 0.0
 
     @property
@@ -166,18 +172,19 @@ def summarize(rows: list[dict[str, Any]], wall_time_s: float = 0.0) -> RunSummar
         question_tokens=sum(row.get("question_tokens") or 0 for row in rows),
         rewrite_tokens=sum(row.get("rewrite_tokens") or 0 for row in rows),
         answer_tokens=sum(row.get("answer_tokens") or 0 for row in rows),
+        truncated_questions=sum(1 for row in rows if row.get("question_truncated")),
+        truncated_chains=sum(row.get("truncated_chains") or 0 for row in rows),
         wall_time_s=wall_time_s,
     )
 
 
 def split_rows(rows: Dataset) -> tuple[Dataset, Dataset]:
-    """(kept training pairs, dropped rows with their reasons)."""
+    """(kept training pairs, dropped rows with their final reasons)."""
     reasons = [final_reason(row) for row in rows]
+    if len(rows):
+        rows = rows.remove_columns(["drop_reason"]).add_column("drop_reason", reasons)
     kept = rows.select([i for i, r in enumerate(reasons) if r is None])
-    dropped_idx = [i for i, r in enumerate(reasons) if r is not None]
-    dropped = rows.select(dropped_idx)
-    dropped = dropped.remove_columns(["drop_reason"]).add_column("drop_reason", [reasons[i] for i in dropped_idx])
-    return kept, dropped
+    return kept, rows.select([i for i, r in enumerate(reasons) if r is not None])
 
 
 @dataclass
@@ -223,11 +230,25 @@ def run_recipe(
     distiset = Distiset({"default": DatasetDict(train=kept), "dropped": DatasetDict(train=dropped)})
     distiset.pipeline_path = raw.pipeline_path
     distiset.log_filename_path = raw.log_filename_path
-    distiset.save_to_disk(output_dir, save_card=True, save_pipeline_config=True, save_pipeline_log=True)
+    save_distiset(distiset, output_dir)
+    (output_dir / "README.md").write_text(dataset_card(recipe, summary.to_dict(), kept["agreement"]))
     (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     (output_dir / RUN_FILE).write_text(json.dumps(run_record(recipe, summary), indent=2) + "\n")
     shutil.rmtree(output_dir / ".distilabel", ignore_errors=True)
     return RunResult(distiset, summary, output_dir)
+
+
+def save_distiset(distiset: Distiset, output_dir: Path) -> None:
+    """``Distiset.save_to_disk`` without its card (which needs a non-empty sample of every config; ours is
+    written separately), and with empty configs saved as one shard so ``load_from_disk`` can read them."""
+    for name, dataset_dict in distiset.items():
+        num_shards = {split: 1 for split, ds in dataset_dict.items() if len(ds) == 0} or None
+        dataset_dict.save_to_disk(str(output_dir / name), num_shards=num_shards)
+    configs = output_dir / "distiset_configs"
+    configs.mkdir(exist_ok=True)
+    for path in (distiset.pipeline_path, distiset.log_filename_path):
+        if path is not None and Path(path).is_file():
+            shutil.copy(path, configs / Path(path).name)
 
 
 def run_record(recipe: Recipe, summary: RunSummary) -> dict[str, Any]:

@@ -47,6 +47,10 @@ from crescent_distilabel.cleaning import DROP_REASONS, clean_question, is_repeti
             "A box holds 12 eggs. How many boxes for 150 eggs?\n\nTo solve this, divide 150 by 12.",
             "A box holds 12 eggs. How many boxes for 150 eggs?",
         ),
+        (
+            'The math problem is: \n"A snail climbs 3 feet a day in a 20-foot well. How many days to get out?"',
+            "A snail climbs 3 feet a day in a 20-foot well. How many days to get out?",
+        ),
     ],
 )
 def test_strip_chat_keeps_the_problem_verbatim(raw: str, expected: str) -> None:

@@ -5,6 +5,7 @@ from distilabel.typing import ChatType, GeneratorStepOutput, StepColumns
 from pydantic import Field, PositiveInt
 
 from crescent_distilabel.cleaning import clean_question
+from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import BAIT_PROMPT
 from crescent_distilabel.steps._llm import generate, user_turn
 
@@ -25,6 +26,7 @@ class BaitPrompting(GeneratorTask):
         min_chars: shorter cleaned questions are dropped (``too_short``).
         max_chars: longer cleaned questions are dropped (``too_long``).
         require_digits: drop questions without a digit (``no_digits``); right for math, not for every domain.
+        seed: the run seed; each call's samples get a seed derived from it and the call index.
 
     Runtime parameters:
         - `batch_size`: rows per output batch, rounded to whole calls.
@@ -39,6 +41,7 @@ class BaitPrompting(GeneratorTask):
         - bait_call (`int`): index of the call that produced the sample.
         - bait_sample (`int`): index of the sample within its call.
         - question_tokens (`int`): output tokens of the sample.
+        - question_truncated (`bool`): the sample hit ``max_new_tokens``.
         - model_name (`str`): the model that wrote the question.
 
     Categories:
@@ -67,6 +70,7 @@ class BaitPrompting(GeneratorTask):
     min_chars: int = Field(default=20, ge=0)
     max_chars: PositiveInt = 1500
     require_digits: bool = True
+    seed: int = 0
 
     @property
     def outputs(self) -> StepColumns:
@@ -77,6 +81,7 @@ class BaitPrompting(GeneratorTask):
             "bait_call",
             "bait_sample",
             "question_tokens",
+            "question_truncated",
             "model_name",
         ]
 
@@ -95,16 +100,18 @@ class BaitPrompting(GeneratorTask):
         first_call = offset // self.samples_per_call
         for start in range(first_call, self.num_calls, calls_per_batch):
             calls = range(start, min(start + calls_per_batch, self.num_calls))
-            results = generate(self.llm, [self.bait_prompt] * len(calls), self.samples_per_call)
+            seeds = [derive_seed(self.seed, "bait", call) for call in calls]
+            results = generate(self.llm, [self.bait_prompt] * len(calls), self.samples_per_call, seeds)
             rows = []
-            for call, (texts, tokens) in zip(calls, results):
-                for sample, (text, n_tokens) in enumerate(zip(texts, tokens)):
+            for call, samples in zip(calls, results):
+                for sample, (text, n_tokens, cut) in enumerate(zip(*samples)):
                     rows.append(
                         {
                             **self.format_output(text),
                             "bait_call": call,
                             "bait_sample": sample,
                             "question_tokens": n_tokens,
+                            "question_truncated": cut,
                             "model_name": self.llm.model_name,
                         }
                     )

@@ -7,6 +7,7 @@ from distilabel.steps.tasks import Task
 from distilabel.typing import ChatType, StepColumns, StepOutput
 from pydantic import Field, PositiveInt, field_validator
 
+from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import ANSWER_TEMPLATE, check_template
 from crescent_distilabel.steps._llm import generate, user_turn
 from crescent_distilabel.voting import required_votes, vote_on_chains
@@ -31,6 +32,7 @@ class Consensus(Task):
         tie_policy: ``"drop"`` tied questions, or take the ``"first"`` sampled tied answer (the scripts).
         no_answer_policy: ``"abstain"``: a chain without an answer casts no vote but counts in k;
             ``"vote"``: "no answer" competes like an answer (the scripts).
+        seed: the run seed; each question's k samples get seeds derived from it and the question.
 
     Input columns:
         - question (`str | None`): the question (None for rows dropped upstream).
@@ -48,6 +50,7 @@ class Consensus(Task):
         - messages (`list[dict[str, str]] | None`): the SFT view, user question then assistant chain.
         - drop_reason (`str | None`): ``no_answer``, ``tie`` or ``low_agreement`` when not kept.
         - answer_tokens (`int`): output tokens of all k chains.
+        - truncated_chains (`int`): chains that hit ``max_new_tokens``.
         - answer_model (`str`): the model that answered.
 
     Categories:
@@ -75,6 +78,7 @@ class Consensus(Task):
     min_agreement: float | Literal["majority"] = "majority"
     tie_policy: Literal["drop", "first"] = "drop"
     no_answer_policy: Literal["abstain", "vote"] = "abstain"
+    seed: int = 0
     group_generations: bool = Field(default=True, exclude=True)
 
     @field_validator("min_agreement")
@@ -105,6 +109,7 @@ class Consensus(Task):
             "messages",
             "drop_reason",
             "answer_tokens",
+            "truncated_chains",
             "answer_model",
         ]
 
@@ -126,12 +131,14 @@ class Consensus(Task):
             "k": self.num_answers,
             "messages": None,
             "answer_tokens": 0,
+            "truncated_chains": 0,
             "answer_model": self.llm.model_name,
         }
         rows = [{**row, **empty, "drop_reason": row.get("drop_reason")} for row in inputs]
         live = [i for i, row in enumerate(rows) if row["drop_reason"] is None and row.get("question")]
         prompts = [self.answer_template.format(question=rows[i]["question"]) for i in live]
-        for i, (chains, tokens) in zip(live, generate(self.llm, prompts, self.num_answers)):
+        seeds = [derive_seed(self.seed, "answer", rows[i]["question"]) for i in live]
+        for i, (chains, tokens, truncated) in zip(live, generate(self.llm, prompts, self.num_answers, seeds)):
             vote, extracted = vote_on_chains(
                 chains,
                 min_agreement=self.min_agreement,
@@ -146,6 +153,7 @@ class Consensus(Task):
                 vote_counts=list(vote.counts.values()),
                 agreement=vote.agreement,
                 answer_tokens=sum(tokens),
+                truncated_chains=sum(truncated),
                 drop_reason=vote.drop_reason,
             )
             if vote.kept and vote.winner is not None:

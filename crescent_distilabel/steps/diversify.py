@@ -11,6 +11,7 @@ from pydantic import Field, PositiveInt, PrivateAttr
 
 from crescent_distilabel.cleaning import clean_question
 from crescent_distilabel.embeddings import SentenceEmbeddings
+from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import REWRITE_TEMPLATE, check_template
 from crescent_distilabel.similarity import (
     HISTORY_THRESHOLD,
@@ -45,6 +46,7 @@ class Diversify(Task):
         min_chars: rewrites shorter than this are dropped.
         max_chars: rewrites longer than this are dropped.
         require_digits: drop rewrites without a digit.
+        seed: the run seed; each rewrite request gets a seed derived from it, the question and the round.
 
     Input columns:
         - question (`str | None`): the cleaned question (None for rows dropped upstream).
@@ -89,6 +91,7 @@ class Diversify(Task):
     min_chars: int = Field(default=20, ge=0)
     max_chars: PositiveInt = 1500
     require_digits: bool = True
+    seed: int = 0
 
     _index: SimilarityIndex | None = PrivateAttr(None)
     _texts: list[str] = PrivateAttr(default_factory=list)
@@ -189,12 +192,13 @@ class Diversify(Task):
                 self.rewrite_template.format(question=rows[i]["question"], neighbour=rows[i]["nearest_question"])
                 for i in to_rewrite
             ]
+            seeds = [derive_seed(self.seed, "rewrite", rows[i]["question"], rows[i]["rewrites"]) for i in to_rewrite]
             live = []
-            for i, (texts, tokens) in zip(to_rewrite, generate(self.llm, prompts, 1)):
+            for i, samples in zip(to_rewrite, generate(self.llm, prompts, 1, seeds)):
                 row = rows[i]
                 row["rewrites"] += 1
-                row["rewrite_tokens"] += tokens[0]
-                cleaned = self.format_output(texts[0])
+                row["rewrite_tokens"] += samples.tokens[0]
+                cleaned = self.format_output(samples.texts[0])
                 if cleaned["question"] is None:
                     row["drop_reason"] = f"rewrite_{cleaned['drop_reason']}"
                     continue
