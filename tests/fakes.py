@@ -19,10 +19,12 @@ class FakeLLM(LLM):
     Attributes:
         rules: substring of the last user message -> replies, handed out in order (cycling).
         default: the reply when no rule matches.
+        fail_on: prompts containing this raise an error, like a backend that fails mid-run.
     """
 
     rules: dict[str, list[str]] = Field(default_factory=dict)
     default: str = ""
+    fail_on: str | None = None
     _cursor: dict[str, int] = PrivateAttr(default_factory=dict)
     _prompts: list[str] = PrivateAttr(default_factory=list)
 
@@ -60,6 +62,8 @@ class FakeLLM(LLM):
         for chat in inputs:
             prompt = chat[-1]["content"]
             self._prompts.append(prompt)
+            if self.fail_on and self.fail_on in prompt:
+                raise RuntimeError(f"FakeLLM fails on purpose for a prompt containing {self.fail_on!r}")
             texts = [self._reply(prompt) for _ in range(num_generations)]
             outputs.append(
                 {

@@ -1,0 +1,115 @@
+"""The real distilabel Pipeline around scripted FakeLLMs: garbage and failures are counted, never fatal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+from fakes import FakeLLM
+
+from crescent_distilabel import build_pipeline, load_recipe, run_recipe
+from crescent_distilabel.backends import BackendError
+from crescent_distilabel.pipeline import RUN_FILE, OutputExistsError
+
+APPLES = "Tom has 3 apples and buys 5 more. How many apples does Tom have now?"
+APPLES_AGAIN = "Tom has 3 apples and buys 6 more. How many apples does Tom have now?"
+TRAIN = "A train travels 60 km per hour for 3 hours. How far does it travel?"
+AREA = "A rectangle is 8 cm long and 5 cm wide. What is its area?"
+
+BAIT_REPLIES = [
+    f"Sure! Here's a problem:\n\n{APPLES}",
+    "",  # empty
+    "I'm a creative model and I love unique and diverse problems!",  # no digits
+    TRAIN,
+    f"Problem: {APPLES_AGAIN}",  # near-duplicate of an accepted question -> rewrite
+    AREA,
+]
+ANSWERS = {
+    "apples": ["3 + 5 = 8\n#### Answer: 8", "#### Answer: 8", "#### Answer: 9"],
+    "train": ["60 * 3 = 180\n#### Answer: 180", "#### 180 km", "So 180."],
+    "rectangle": ["no idea", "", "none"],
+}
+
+
+def recipe(tmp_path: Path, **sections) -> object:
+    data = {"output_dir": str(tmp_path / "run"), "bait": {"num_calls": 2, "samples_per_call": 3}}
+    data.update(sections)
+    return load_recipe(data)
+
+
+def rows(tmp_path: Path, config: str) -> list[dict]:
+    return load_from_disk(str(tmp_path / "run" / config / "train")).to_list()
+
+
+def test_garbage_is_counted_and_dropped_and_the_run_goes_on(tmp_path: Path) -> None:
+    question_llm = FakeLLM(rules={"creativity": BAIT_REPLIES, "very similar": ["Sorry, no."]})
+    run = recipe(tmp_path)
+    result = run_recipe(run, question_llm=question_llm, answer_llm=FakeLLM(rules=ANSWERS))
+    s = result.summary
+    assert (s.raw_samples, s.cleaned, s.kept) == (6, 4, 2)
+    assert s.dropped == {"empty": 1, "no_digits": 1, "rewrite_too_short": 1, "no_answer": 1}
+    kept = rows(tmp_path, "default")
+    assert {r["question"]: r["final_answer"] for r in kept} == {APPLES: "8", TRAIN: "180"}
+    dropped = {r["raw_question"]: r["drop_reason"] for r in rows(tmp_path, "dropped")}
+    assert dropped[f"Problem: {APPLES_AGAIN}"] == "rewrite_too_short"
+    record = json.loads((tmp_path / "run" / RUN_FILE).read_text())
+    assert record["summary"] == s.to_dict() and record["fingerprint"] == run.fingerprint()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "Use your creativity" in card and "| kept after consensus | 2 |" in card and "2502.13441" in card
+
+
+def test_a_failing_backend_batch_is_counted_not_fatal(tmp_path: Path) -> None:
+    question_llm = FakeLLM(rules={"creativity": [APPLES, TRAIN, AREA]})
+    answer_llm = FakeLLM(rules=ANSWERS, fail_on="rectangle")
+    result = run_recipe(
+        recipe(tmp_path, bait={"num_calls": 1, "samples_per_call": 3}, consensus={"batch_size": 1}),
+        question_llm=question_llm,
+        answer_llm=answer_llm,
+    )
+    assert result.summary.dropped == {"generation_failed": 1}
+    assert result.summary.kept == 2
+
+
+def test_ablations_change_the_pipeline(tmp_path: Path) -> None:
+    no_div = build_pipeline(
+        recipe(tmp_path, diversify={"enabled": False}), question_llm=FakeLLM(), answer_llm=FakeLLM()
+    )
+    assert "diversify" not in no_div.dag and "consensus" in no_div.dag
+    no_con = build_pipeline(
+        recipe(tmp_path, consensus={"enabled": False}), question_llm=FakeLLM(), answer_llm=FakeLLM()
+    )
+    step = no_con.dag.get_step("consensus")["step"]
+    assert step.num_answers == 1 and step.min_agreement == 0.0
+
+
+def test_no_diversification_keeps_duplicates(tmp_path: Path) -> None:
+    question_llm = FakeLLM(rules={"creativity": [APPLES, APPLES_AGAIN]})
+    answer_llm = FakeLLM(rules={"apples": ["#### Answer: 8"]})
+    result = run_recipe(
+        recipe(tmp_path, bait={"num_calls": 1, "samples_per_call": 2}, diversify={"enabled": False}),
+        question_llm=question_llm,
+        answer_llm=answer_llm,
+    )
+    assert result.summary.kept == 2
+
+
+def test_unreachable_endpoint_fails_fast_with_its_url(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    bad = recipe(tmp_path, question_model={"backend": "openai", "model": "m", "base_url": url})
+    with pytest.raises(BackendError, match=url.replace(".", r"\.")):
+        build_pipeline(bad)
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    llm = FakeLLM(rules={"creativity": [TRAIN]})
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        run_recipe(recipe(tmp_path, bait={"num_calls": 1, "samples_per_call": 1}), question_llm=llm)
+    assert (out / "keep.txt").read_text() == "precious"

@@ -1,0 +1,108 @@
+"""Recipes: every mistake is reported with the key that holds it; presets and overrides compose."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crescent_distilabel.recipe import Recipe, RecipeError, dump_recipe, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "text"),
+    [
+        ({"consensus": {"kk": 3}}, "consensus.kk", "unknown key"),
+        ({"bogus": 1}, "bogus", "unknown key"),
+        ({"consensus": {"k": 0}}, "consensus.k", "greater than 0"),
+        ({"consensus": {"k": "three"}}, "consensus.k", "integer"),
+        ({"diversify": {"history_threshold": 1.5}}, "diversify.history_threshold", "less than or equal to 1"),
+        ({"diversify": {"within_batch_threshold": -0.1}}, "diversify.within_batch_threshold", "greater than or equal"),
+        ({"consensus": {"min_agreement": 2}}, "consensus.min_agreement", "[0, 1]"),
+        ({"consensus": {"tie_policy": "random"}}, "consensus.tie_policy", "'drop' or 'first'"),
+        ({"question_model": {"backend": "tgi"}}, "question_model.backend", "'llamacpp' or 'openai'"),
+        ({"sampling": {"top_p": 0}}, "sampling.top_p", "greater than 0"),
+        ({"bait": {"num_calls": 0}}, "bait.num_calls", "greater than 0"),
+        ({"diversify": {"rewrite_prompt": "Rewrite {question}"}}, "diversify.rewrite_prompt", "{neighbour}"),
+        ({"preset": "magic"}, "preset", "'crescent' or 'paper'"),
+    ],
+)
+def test_bad_recipes_name_the_key(data: dict, key: str, text: str) -> None:
+    with pytest.raises(RecipeError) as err:
+        load_recipe(data)
+    message = str(err.value)
+    assert f"{key}:" in message and text in message
+
+
+def test_errors_from_a_file_name_the_file_and_every_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("consensus:\n  k: 0\n  bogus: true\nseed: x\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert str(path) in message and "consensus.k:" in message and "consensus.bogus:" in message and "seed:" in message
+
+
+def test_missing_file() -> None:
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe("/nonexistent/recipe.yaml")
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("consensus: [k: 3\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(path)
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(RecipeError, match="mapping"):
+        load_recipe(path)
+
+
+def test_overrides_are_typed_yaml_values() -> None:
+    recipe = load_recipe(
+        {}, ["consensus.k=5", "diversify.enabled=false", "consensus.min_agreement=0.6", "answer_model.model=big"]
+    )
+    assert recipe.consensus.k == 5 and recipe.diversify.enabled is False
+    assert recipe.consensus.min_agreement == 0.6 and recipe.answer_model is not None
+    with pytest.raises(RecipeError, match="key=value"):
+        load_recipe({}, ["consensus.k"])
+    with pytest.raises(RecipeError, match=r"consensus\.k:"):
+        load_recipe({}, ["consensus.k=-1"])
+
+
+def test_paper_preset_and_explicit_keys_override_it() -> None:
+    paper = load_recipe({"preset": "paper"})
+    assert paper.diversify.max_rewrites == 1 and paper.diversify.recheck_rewrites is False
+    assert paper.consensus.min_agreement == 0.0 and paper.consensus.tie_policy == "first"
+    assert paper.consensus.no_answer_policy == "vote"
+    mixed = load_recipe({"preset": "paper", "consensus": {"min_agreement": "majority"}})
+    assert mixed.consensus.min_agreement == "majority" and mixed.consensus.tie_policy == "first"
+    ours = Recipe()
+    assert ours.diversify.max_rewrites == 2 and ours.consensus.min_agreement == "majority"
+
+
+def test_defaults_follow_the_paper_numbers() -> None:
+    recipe = Recipe()
+    assert recipe.sampling.temperature == 1.0 and recipe.sampling.top_p == 1.0
+    assert recipe.sampling.max_new_tokens == 2048 and recipe.consensus.k == 3
+    assert recipe.diversify.within_batch_threshold == 0.85 and recipe.diversify.history_threshold == 0.875
+    assert recipe.diversify.embedding_model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_fingerprint_ignores_where_results_go_but_not_what_they_are() -> None:
+    base = load_recipe({})
+    assert base.fingerprint() == load_recipe({"output_dir": "elsewhere", "name": "x"}).fingerprint()
+    assert base.fingerprint() != load_recipe({"consensus": {"k": 5}}).fingerprint()
+
+
+def test_dump_round_trips() -> None:
+    recipe = load_recipe({"preset": "paper", "consensus": {"k": 4}})
+    assert load_recipe(yaml.safe_load(dump_recipe(recipe))) == recipe
+
+
+def test_every_shipped_recipe_parses() -> None:
+    recipes = sorted((REPO / "recipes").rglob("generate/*.yaml"))
+    assert recipes, "no generation recipes found under recipes/"
+    for path in recipes:
+        load_recipe(path)
