@@ -12,8 +12,7 @@ from crescent_distilabel.recipe import Recipe
 CITATION = """@inproceedings{sun2025selfimprovement,
   title     = {The Self-Improvement Paradox: Can Language Models Bootstrap Reasoning Capabilities without
                External Scaffolding?},
-  author    = {Sun, Yutao and Chen, Mingshuai and Zhao, Tiancheng and Xu, Ruochen and Zhang, Zilun and
-               Yin, Jianwei},
+  author    = {Sun and Chen and Zhao and Xu and Zhang and Yin},
   booktitle = {Findings of the Association for Computational Linguistics: ACL 2025},
   pages     = {6501--6512},
   year      = {2025},

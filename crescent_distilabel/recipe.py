@@ -71,7 +71,7 @@ class DiversifyConfig(_Section):
     recheck_rewrites: bool = True
     rewrite_prompt: str = REWRITE_TEMPLATE
     batch_size: PositiveInt | None = Field(None, description="rows per dedup batch; default: samples_per_call")
-    exact_limit: PositiveInt | None = 50_000
+    exact_limit: PositiveInt | None = 100_000
 
     @field_validator("rewrite_prompt")
     @classmethod

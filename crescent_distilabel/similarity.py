@@ -2,8 +2,9 @@
 
 Embeddings are unit-normalised, so cosine similarity is a dot product. The released scripts embed and
 search one question at a time against a flat FAISS index; here a whole batch is searched at once, and past
-``exact_limit`` accepted questions the history moves to an HNSW graph (usearch) so a search stays fast at a
-million questions.
+``exact_limit`` accepted questions the history moves to a FAISS inverted-file index over a PCA projection
+(k-means cells; the ``nprobe`` nearest cells are scanned and the best candidates re-scored exactly), so a
+search stays fast at a million questions.
 """
 
 from __future__ import annotations
@@ -40,21 +41,38 @@ def within_batch_duplicates(embeddings: np.ndarray, threshold: float = WITHIN_BA
 class SimilarityIndex:
     """The accepted questions' embeddings, searched for each new question's nearest neighbour.
 
-    Exact (one matrix product per batch) up to ``exact_limit`` vectors, then an HNSW graph.
+    Exact (one matrix product per batch) up to ``exact_limit`` vectors; then a FAISS IVF index trained on
+    the history so far, searched in a ``pca_dim`` projection; its ``refine`` best candidates are re-scored
+    with the full vectors, so reported similarities are exact. Near-duplicates at cosine > 0.875 sit in the
+    same or a neighbouring cell (benchmarks/bench_similarity.py measures the agreement with exact search).
 
     Args:
         dim: embedding size.
-        exact_limit: history size at which search switches from exact to HNSW; None keeps it exact.
-        ef_search: HNSW search breadth (higher is more accurate and slower).
+        exact_limit: history size at which search switches from exact to IVF; None keeps it exact.
+        nlist: most IVF cells (fewer when the history is small: at least 39 vectors per cell to train).
+        nprobe: cells scanned per query (more is more accurate and slower).
+        pca_dim: dimensions the cells are searched in (no projection when ``dim`` is not larger).
+        refine: candidates re-scored exactly per query.
     """
 
-    def __init__(self, dim: int, *, exact_limit: int | None = 50_000, ef_search: int = 64) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        exact_limit: int | None = 100_000,
+        nlist: int = 4096,
+        nprobe: int = 4,
+        pca_dim: int = 96,
+        refine: int = 4,
+    ) -> None:
         self.dim = dim
         self.exact_limit = exact_limit
-        self.ef_search = ef_search
-        self._chunks: list[np.ndarray] = []
-        self._matrix = np.empty((0, dim), dtype=np.float32)
-        self._hnsw = None
+        self.nlist = nlist
+        self.nprobe = nprobe
+        self.pca_dim = pca_dim
+        self.refine = refine
+        self._buffer = np.empty((1024, dim), dtype=np.float32)  # exact history, grown by doubling
+        self._ivf = None
         self._size = 0
 
     def __len__(self) -> int:
@@ -62,63 +80,69 @@ class SimilarityIndex:
 
     @property
     def approximate(self) -> bool:
-        """Whether searches go through the HNSW graph."""
-        return self._hnsw is not None
+        """Whether searches go through the IVF index."""
+        return self._ivf is not None
 
     def _exact_matrix(self) -> np.ndarray:
-        if self._chunks:
-            self._matrix = np.concatenate([self._matrix, *self._chunks])
-            self._chunks = []
-        return self._matrix
+        return self._buffer[: self._size]
 
     def add(self, vectors: np.ndarray) -> None:
         """Add unit-normalised vectors; ids continue from the current size."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(vectors) == 0:
             return
-        if vectors.shape[1] != self.dim:
-            raise ValueError(f"expected embeddings of size {self.dim}, got {vectors.shape[1]}")
-        if self._hnsw is None and self.exact_limit is not None and self._size + len(vectors) > self.exact_limit:
-            self._to_hnsw()
-        if self._hnsw is not None:
-            keys = np.arange(self._size, self._size + len(vectors), dtype=np.uint64)
-            self._hnsw.add(keys, vectors, threads=0)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"expected embeddings of size {self.dim}, got shape {vectors.shape}")
+        if self._ivf is not None:
+            self._ivf.add(vectors)
         else:
-            self._chunks.append(vectors)
+            needed = self._size + len(vectors)
+            if needed > len(self._buffer):
+                grown = np.empty((max(needed, 2 * len(self._buffer)), self.dim), dtype=np.float32)
+                grown[: self._size] = self._buffer[: self._size]
+                self._buffer = grown
+            self._buffer[self._size : needed] = vectors
         self._size += len(vectors)
+        if self._ivf is None and self.exact_limit is not None and self._size >= self.exact_limit:
+            self._to_ivf()
 
-    def _to_hnsw(self) -> None:
-        from usearch.index import Index
+    def _to_ivf(self) -> None:
+        import faiss
 
-        existing = self._exact_matrix()
-        self._hnsw = Index(ndim=self.dim, metric="ip", dtype="f16", connectivity=16, expansion_add=64)
-        self._hnsw.expansion_search = self.ef_search
-        if len(existing):
-            self._hnsw.add(np.arange(len(existing), dtype=np.uint64), existing, threads=0)
-        self._matrix = np.empty((0, self.dim), dtype=np.float32)
+        history = self._exact_matrix()
+        nlist = max(1, min(self.nlist, len(history) // 39))
+        pca = f"PCA{self.pca_dim}," if self.pca_dim < self.dim else ""
+        base = faiss.index_factory(self.dim, f"{pca}IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.extract_index_ivf(base)
+        ivf.cp.min_points_per_centroid = 1  # the history is what it is; do not warn about it
+        ivf.nprobe = min(self.nprobe, nlist)
+        index = faiss.IndexRefineFlat(base)
+        index.k_factor = self.refine
+        index.train(history)
+        index.add(history)
+        self._ivf, self._base = index, base  # keep the wrapped index alive alongside its wrapper
+        self._buffer = np.empty((0, self.dim), dtype=np.float32)
 
     def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest accepted neighbour of each query: (cosine, id); (-1.0, -1) when the index is empty."""
+        """Nearest accepted neighbour of each query: (cosine, id); (-1.0, -1) when none is found."""
         n = len(queries)
         best_sim = np.full(n, -1.0, dtype=np.float32)
         best_id = np.full(n, -1, dtype=np.int64)
         if n == 0 or self._size == 0:
             return best_sim, best_id
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if self._hnsw is not None:
-            matches = self._hnsw.search(queries, 1, threads=0)
-            keys = np.asarray(matches.keys).reshape(n, -1)[:, 0]
-            dist = np.asarray(matches.distances).reshape(n, -1)[:, 0]
-            found = np.asarray(matches.counts).reshape(n) > 0
-            best_id[found] = keys[found].astype(np.int64)
-            best_sim[found] = 1.0 - dist[found]  # usearch "ip" distance is 1 - dot
+        if self._ivf is not None:
+            sims, ids = self._ivf.search(queries, 1)
+            found = ids[:, 0] >= 0
+            best_sim[found], best_id[found] = sims[found, 0], ids[found, 0]
             return best_sim, best_id
         matrix = self._exact_matrix()
-        for start in range(0, n, 1024):  # bound the n x history similarity block's memory
-            block = queries[start : start + 1024] @ matrix.T
+        rows = max(1, min(1024, 2**26 // len(matrix)))  # keep each similarity block under 256 MB
+        for start in range(0, n, rows):
+            block = queries[start : start + rows] @ matrix.T
             idx = block.argmax(axis=1)
-            best_id[start : start + 1024] = idx
-            best_sim[start : start + 1024] = block[np.arange(len(idx)), idx]
+            best_id[start : start + rows] = idx
+            best_sim[start : start + rows] = block[np.arange(len(idx)), idx]
         return best_sim, best_id
 
 
@@ -141,19 +165,24 @@ def accept_against_history(
     """
     n = len(embeddings)
     hist_sim, hist_id = index.search(embeddings)
-    batch_sims = embeddings @ embeddings.T if n else np.empty((0, 0), dtype=np.float32)
+    sims, ids = hist_sim.tolist(), hist_id.tolist()
     base = len(index)
+    batch_sims = embeddings @ embeddings.T if n else np.empty((0, 0), dtype=np.float32)
+    # best similarity to an accepted question of this batch so far, and which one (as a history id)
+    in_batch = np.full(n, -np.inf, dtype=np.float32)
+    in_batch_id = np.full(n, -1, dtype=np.int64)
     accepted: list[int] = []
     decisions: list[Decision] = []
     for i in range(n):
-        sim, neighbour = float(hist_sim[i]), int(hist_id[i])
-        if accepted:
-            row = batch_sims[i, accepted]
-            j = int(row.argmax())
-            if row[j] > sim:
-                sim, neighbour = float(row[j]), base + j
+        sim, neighbour = sims[i], ids[i]
+        if in_batch[i] > sim:
+            sim, neighbour = float(in_batch[i]), int(in_batch_id[i])
         is_new = sim <= threshold
         if is_new:
+            later = batch_sims[i + 1 :, i]
+            closer = later > in_batch[i + 1 :]
+            in_batch[i + 1 :][closer] = later[closer]
+            in_batch_id[i + 1 :][closer] = base + len(accepted)
             accepted.append(i)
         decisions.append(Decision(is_new, neighbour, sim))
     index.add(embeddings[accepted])

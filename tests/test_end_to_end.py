@@ -88,3 +88,15 @@ def test_pipeline_yaml_round_trip_runs_with_distilabel_cli(tmp_path: Path) -> No
     table = pq.read_table(outputs[0])
     assert table.num_rows == 2 and {"question", "chains", "drop_reason", "messages"} <= set(table.column_names)
     assert set(table.column("k").to_pylist()) == {2}
+
+
+def test_ready_pipeline_script_runs(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "crescent_pipeline.py"
+    args = ["--num-calls", "1", "--samples-per-call", "2", "--k", "2", "--max-new-tokens", "48"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = load_from_disk(str(tmp_path / "out" / "default" / "train"))
+    assert len(rows) == 2 and set(rows["k"]) == {2} and "messages" in rows.column_names

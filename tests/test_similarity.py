@@ -61,23 +61,26 @@ def test_batched_accept_equals_one_by_one() -> None:
     assert 0 < sum(want) < 300
 
 
-def test_hnsw_matches_exact_search() -> None:
+def test_ivf_matches_exact_search() -> None:
     rng = np.random.default_rng(3)
-    history = unit(rng, 5000, 64)
+    centres = unit(rng, 50, 64)
+    history = np.stack([near(centres[i % 50], 0.6, rng) for i in range(5000)])
     queries = np.stack([near(history[i], 0.9, rng) for i in rng.integers(0, 5000, 200)] + list(unit(rng, 200, 64)))
     exact = SimilarityIndex(64, exact_limit=None)
     exact.add(history)
-    approx = SimilarityIndex(64, exact_limit=1000)
-    approx.add(history[:800])
+    approx = SimilarityIndex(64, exact_limit=2000, nlist=32, nprobe=4, pca_dim=32)
+    approx.add(history[:1500])
     assert not approx.approximate
-    approx.add(history[800:])
+    approx.add(history[1500:])
     assert approx.approximate and len(approx) == 5000
     e_sim, e_id = exact.search(queries)
     a_sim, a_id = approx.search(queries)
     assert np.mean((e_sim > 0.875) == (a_sim > 0.875)) >= 0.99
     assert np.mean(e_id[:200] == a_id[:200]) >= 0.99
     same = e_id[:200] == a_id[:200]
-    assert np.allclose(e_sim[:200][same], a_sim[:200][same], atol=2e-3)  # float16 storage
+    assert np.allclose(e_sim[:200][same], a_sim[:200][same], atol=1e-5)  # scanned cells are exact
+    ids = approx.search(history[4990:])[1]  # ids continue across the switch to IVF
+    assert ids.tolist() == list(range(4990, 5000))
 
 
 def test_empty_index_and_dimension_errors() -> None:

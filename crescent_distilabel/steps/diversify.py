@@ -42,7 +42,7 @@ class Diversify(Task):
         max_rewrites: rewrite rounds before a near-duplicate is dropped (0 drops at once).
         recheck_rewrites: check each rewrite again; False accepts it unchecked (the scripts' behaviour).
         rewrite_template: the rewrite request, with ``{question}`` and ``{neighbour}``.
-        exact_limit: accepted questions searched exactly; past it the history moves to an HNSW graph.
+        exact_limit: accepted questions searched exactly; past it the history moves to a FAISS IVF index.
         min_chars: rewrites shorter than this are dropped.
         max_chars: rewrites longer than this are dropped.
         require_digits: drop rewrites without a digit.
@@ -87,7 +87,7 @@ class Diversify(Task):
     max_rewrites: int = Field(default=2, ge=0)
     recheck_rewrites: bool = True
     rewrite_template: str = REWRITE_TEMPLATE
-    exact_limit: PositiveInt | None = 50_000
+    exact_limit: PositiveInt | None = 100_000
     min_chars: int = Field(default=20, ge=0)
     max_chars: PositiveInt = 1500
     require_digits: bool = True
