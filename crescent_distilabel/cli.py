@@ -1,20 +1,29 @@
-"""The ``crescent`` command line: ``crescent generate RECIPE --set key=value``."""
+"""The ``crescent`` command line: ``crescent generate RECIPE --set key=value``.
+
+Exit codes: 0 finished; 1 cannot run (endpoint, output directory, changed settings); 2 invalid recipe;
+3 stopped early (a backend failed after its retries, or an interrupt) with everything so far saved: re-run
+the same command to continue.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crescent_distilabel.recipe import RecipeError, dump_recipe, load_recipe
 
+if TYPE_CHECKING:
+    from crescent_distilabel.pipeline import RunResult
 
-def _summary_table(summary: object, output_dir: Path) -> None:
+
+def _summary_table(result: RunResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    s = summary.to_dict()  # type: ignore[attr-defined]
-    table = Table(title=f"CRESCENT run -> {output_dir}", show_header=True)
+    s = result.summary.to_dict()
+    title = f"CRESCENT run -> {result.output_dir}" + (" (resumed)" if result.resumed else "")
+    table = Table(title=title, show_header=True)
     table.add_column("stage / count")
     table.add_column("value", justify="right")
     table.add_row("raw samples (bait prompting)", str(s["raw_samples"]))
@@ -48,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
             help="override a recipe key, e.g. --set consensus.k=5 (repeatable)",
         )
     gen.add_argument("--output-dir", help="where to write the dataset (overrides output_dir)")
-    gen.add_argument("--overwrite", action="store_true", help="start over in an output dir that holds a run")
+    gen.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete what output_dir holds and start over (default: continue a run)",
+    )
     args = parser.parse_args(argv)
 
     overrides = list(args.overrides)
@@ -64,15 +77,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from crescent_distilabel.backends import BackendError
-    from crescent_distilabel.pipeline import OutputExistsError, run_recipe
+    from crescent_distilabel.pipeline import OutputExistsError, RecipeChangedError, run_recipe
 
     try:
         result = run_recipe(recipe, overwrite=args.overwrite)
-    except (BackendError, OutputExistsError) as err:
+    except (BackendError, OutputExistsError, RecipeChangedError) as err:
         print(f"crescent: {err}", file=sys.stderr)
         return 1
-    _summary_table(result.summary, result.output_dir)
+    _summary_table(result)
     print(result.output_dir)
+    if not result.complete:
+        print(f"crescent: {result.message}", file=sys.stderr)
+        return 3
     return 0
 
 

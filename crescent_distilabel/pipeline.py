@@ -8,6 +8,7 @@ rows into the ``default`` config (the kept question-answer pairs, SFT-ready) and
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import time
@@ -23,8 +24,10 @@ from crescent_distilabel.backends import build_llm
 from crescent_distilabel.card import dataset_card
 from crescent_distilabel.cleaning import DROP_REASONS
 from crescent_distilabel.embeddings import SentenceEmbeddings
-from crescent_distilabel.recipe import Recipe, dump_recipe
+from crescent_distilabel.recipe import Recipe, changed_settings, dump_recipe
 from crescent_distilabel.steps import BaitPrompting, Consensus, Diversify
+from crescent_distilabel.steps._llm import ABORT
+from crescent_distilabel.store import ProgressStore
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -32,11 +35,12 @@ if TYPE_CHECKING:
     from distilabel.models.llms.base import LLM
 
 RUN_FILE = "crescent_run.json"
+STATE_DIR = ".crescent"
 CONSENSUS_REASONS = ("no_answer", "tie", "low_agreement")
 
 
 class OutputExistsError(FileExistsError):
-    """The output directory already holds a run."""
+    """The output directory holds something that is not a CRESCENT run."""
 
 
 def build_pipeline(
@@ -45,6 +49,7 @@ def build_pipeline(
     question_llm: LLM | None = None,
     answer_llm: LLM | None = None,
     check_endpoints: bool = True,
+    progress_db: str | Path | None = None,
 ) -> Pipeline:
     """The distilabel Pipeline for a recipe.
 
@@ -53,7 +58,9 @@ def build_pipeline(
         question_llm: any distilabel LLM to ask and rewrite questions; default: from ``recipe.question_model``.
         answer_llm: any distilabel LLM to answer; default: ``recipe.answer_model`` or the question model.
         check_endpoints: contact OpenAI-compatible endpoints now, so a wrong URL fails before any work.
+        progress_db: the run's progress store; every step keeps its results there and reuses them on a re-run.
     """
+    db = str(progress_db) if progress_db is not None else None
     if question_llm is None:
         question_llm = build_llm(recipe.question_model, recipe.sampling, seed=recipe.seed, check=check_endpoints)
     if answer_llm is None:
@@ -78,6 +85,7 @@ def build_pipeline(
             max_chars=bait_cfg.max_chars,
             require_digits=bait_cfg.require_digits,
             seed=recipe.seed,
+            progress_db=db,
             batch_size=bait_cfg.samples_per_call * max(1, 50 // bait_cfg.samples_per_call),
         )
         last: Any = bait
@@ -96,6 +104,7 @@ def build_pipeline(
                 max_chars=bait_cfg.max_chars,
                 require_digits=bait_cfg.require_digits,
                 seed=recipe.seed,
+                progress_db=db,
                 input_batch_size=div_cfg.batch_size or bait_cfg.samples_per_call,
                 resources=StepResources(replicas=1),  # the accepted history lives in this one process
             )
@@ -109,6 +118,7 @@ def build_pipeline(
             no_answer_policy=con_cfg.no_answer_policy,
             answer_template=con_cfg.answer_prompt,
             seed=recipe.seed,
+            progress_db=db,
             input_batch_size=con_cfg.batch_size,
         )
         last >> consensus
@@ -189,22 +199,76 @@ def split_rows(rows: Dataset) -> tuple[Dataset, Dataset]:
 
 @dataclass
 class RunResult:
-    """A finished run: the Distiset written to ``output_dir`` and its summary."""
+    """A run: the Distiset written to ``output_dir``, its summary, and whether it finished.
+
+    Attributes:
+        complete: every bait call went through every stage; False after a backend failure or an interrupt.
+        message: for an incomplete run, what happened and what to do.
+        resumed: the run continued an earlier one in the same output_dir.
+        reused_generations: generations found in the progress store when the run started.
+        new_generations: LLM requests this run made and stored.
+    """
 
     distiset: Distiset
     summary: RunSummary
     output_dir: Path
+    complete: bool = True
+    message: str = ""
+    resumed: bool = False
+    reused_generations: int = 0
+    new_generations: int = 0
 
 
-def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix a new run into an existing one unless asked to start over."""
+class RecipeChangedError(ValueError):
+    """The output directory holds a run made with settings that change results."""
+
+
+def progress_path(output_dir: Path) -> Path:
+    """Where a run keeps its durable progress (see :mod:`crescent_distilabel.store`)."""
+    return output_dir / STATE_DIR / "progress.sqlite"
+
+
+def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool) -> bool:
+    """Start, continue or refuse: returns True when an earlier run of the same recipe is continued.
+
+    Raises:
+        RecipeChangedError: the earlier run used settings that change results (names them).
+        OutputExistsError: the directory holds something that is not a CRESCENT run.
+    """
+    saved = output_dir / STATE_DIR / "recipe.json"
+    resumed = False
     if output_dir.exists() and any(output_dir.iterdir()):
-        if not overwrite:
+        if overwrite:
+            shutil.rmtree(output_dir)
+        elif not saved.is_file():
             raise OutputExistsError(
-                f"{output_dir} already holds a run; pass --overwrite to start over or choose another output_dir"
+                f"{output_dir} is not empty and holds no CRESCENT run; choose another output_dir or pass "
+                "--overwrite to delete it"
             )
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            old = json.loads(saved.read_text())
+            changes = changed_settings(old, recipe.result_settings())
+            if changes:
+                listed = "\n  ".join(changes)
+                raise RecipeChangedError(
+                    f"{output_dir} holds a run made with other settings, which would change its results:\n  {listed}\n"
+                    "Re-run with the original settings to continue it, pass --overwrite to start over, or choose "
+                    "another output_dir."
+                )
+            resumed = True
+    (output_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    if not resumed:
+        atomic_write(saved, json.dumps(recipe.result_settings(), indent=2, sort_keys=True))
+    # distilabel's own cache cannot resume and a killed run can leave a broken one (upstream #1065)
+    shutil.rmtree(output_dir / ".distilabel", ignore_errors=True)
+    return resumed
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write a file so a reader (or a killed writer) never leaves half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def run_recipe(
@@ -214,28 +278,57 @@ def run_recipe(
     question_llm: LLM | None = None,
     answer_llm: LLM | None = None,
 ) -> RunResult:
-    """Run a recipe end to end and write the Distiset, ``pipeline.yaml`` and ``crescent_run.json``."""
+    """Run a recipe end to end, or continue it: write the Distiset, ``pipeline.yaml`` and ``crescent_run.json``.
+
+    Every generation is stored as it finishes (``<output_dir>/.crescent``); running the same recipe into the
+    same ``output_dir`` again reuses them, so a killed or failed run continues where it stopped, and a finished
+    one is rewritten identically without calling the LLM.
+
+    Args:
+        recipe: the run's settings.
+        overwrite: delete whatever ``output_dir`` holds and start over.
+        question_llm: any distilabel LLM instead of the recipe's question model.
+        answer_llm: any distilabel LLM instead of the recipe's answer model.
+    """
     from datasets import DatasetDict
     from distilabel.distiset import Distiset
 
     output_dir = Path(recipe.output_dir)
-    pipeline = build_pipeline(recipe, question_llm=question_llm, answer_llm=answer_llm)
-    prepare_output_dir(output_dir, overwrite)
+    db_path = progress_path(output_dir)
+    pipeline = build_pipeline(recipe, question_llm=question_llm, answer_llm=answer_llm, progress_db=db_path)
+    resumed = prepare_output_dir(output_dir, recipe, overwrite)
+    store = ProgressStore(db_path)
+    store.clear_state(ABORT)
+    before = store.count_generations()
     start = time.perf_counter()
     raw = pipeline.run(use_cache=False)
     wall = time.perf_counter() - start
     rows = next(iter(raw.values()))["train"]
     kept, dropped = split_rows(rows)
     summary = summarize(rows.to_list(), wall)
+    expected = recipe.bait.num_calls * recipe.bait.samples_per_call
+    failure = store.get_state(ABORT)
+    complete = failure is None and summary.raw_samples == expected
+    message = ""
+    if not complete:
+        why = failure or f"interrupted after {summary.raw_samples} of {expected} bait samples"
+        message = (
+            f"the run stopped early ({why}). Everything finished so far is saved in {output_dir}; "
+            "re-run the same command to continue."
+        )
     distiset = Distiset({"default": DatasetDict(train=kept), "dropped": DatasetDict(train=dropped)})
     distiset.pipeline_path = raw.pipeline_path
     distiset.log_filename_path = raw.log_filename_path
     save_distiset(distiset, output_dir)
-    (output_dir / "README.md").write_text(dataset_card(recipe, summary.to_dict(), kept["agreement"]))
-    (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    (output_dir / RUN_FILE).write_text(json.dumps(run_record(recipe, summary), indent=2) + "\n")
+    atomic_write(output_dir / "README.md", dataset_card(recipe, summary.to_dict(), kept["agreement"]))
+    atomic_write(output_dir / "recipe.yaml", dump_recipe(recipe))
+    result = RunResult(
+        distiset, summary, output_dir, complete, message, resumed, before, store.count_generations() - before
+    )
+    atomic_write(output_dir / RUN_FILE, json.dumps(run_record(recipe, result), indent=2) + "\n")
+    store.close()
     shutil.rmtree(output_dir / ".distilabel", ignore_errors=True)
-    return RunResult(distiset, summary, output_dir)
+    return result
 
 
 def save_distiset(distiset: Distiset, output_dir: Path) -> None:
@@ -243,7 +336,11 @@ def save_distiset(distiset: Distiset, output_dir: Path) -> None:
     written separately), and with empty configs saved as one shard so ``load_from_disk`` can read them."""
     for name, dataset_dict in distiset.items():
         num_shards = {split: 1 for split, ds in dataset_dict.items() if len(ds) == 0} or None
-        dataset_dict.save_to_disk(str(output_dir / name), num_shards=num_shards)
+        tmp = output_dir / STATE_DIR / f"saving-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        dataset_dict.save_to_disk(str(tmp), num_shards=num_shards)
+        shutil.rmtree(output_dir / name, ignore_errors=True)  # replaced whole: never half old, half new
+        os.replace(tmp, output_dir / name)
     configs = output_dir / "distiset_configs"
     configs.mkdir(exist_ok=True)
     for path in (distiset.pipeline_path, distiset.log_filename_path):
@@ -251,7 +348,7 @@ def save_distiset(distiset: Distiset, output_dir: Path) -> None:
             shutil.copy(path, configs / Path(path).name)
 
 
-def run_record(recipe: Recipe, summary: RunSummary) -> dict[str, Any]:
+def run_record(recipe: Recipe, result: RunResult) -> dict[str, Any]:
     """The run's parameters, counts and software versions, as written to ``crescent_run.json``."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -264,7 +361,12 @@ def run_record(recipe: Recipe, summary: RunSummary) -> dict[str, Any]:
     return {
         "recipe": recipe.model_dump(mode="json"),
         "fingerprint": recipe.fingerprint(),
-        "summary": summary.to_dict(),
+        "complete": result.complete,
+        "message": result.message,
+        "resumed": result.resumed,
+        "reused_generations": result.reused_generations,
+        "new_generations": result.new_generations,
+        "summary": result.summary.to_dict(),
         "versions": versions,
         "python": platform.python_version(),
     }

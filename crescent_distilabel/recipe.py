@@ -147,10 +147,41 @@ class Recipe(_Section):
                 merged[section] = {**defaults, **given}
         return merged
 
+    def result_settings(self) -> dict[str, Any]:
+        """Every setting that changes results, flattened (``consensus.k``: 3, ...); not where results are
+        written, how a server is reached, nor batch sizes that do not change results."""
+        flat = _flatten(self.model_dump(mode="json"))
+        return {
+            key: value
+            for key, value in flat.items()
+            if key.rsplit(".", 1)[-1] not in _OPERATIONAL or key.startswith("diversify.batch_size")
+        }
+
     def fingerprint(self) -> str:
-        """A hash of every setting that changes results (not where they are written)."""
-        payload = self.model_dump(mode="json", exclude={"output_dir", "name"})
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        """A hash of :meth:`result_settings`: equal fingerprints mean a run can be resumed with this recipe."""
+        return hashlib.sha256(json.dumps(self.result_settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+_OPERATIONAL = {"name", "output_dir", "base_url", "api_key_env", "timeout", "max_retries", "n_threads", "batch_size"}
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two :meth:`Recipe.result_settings`."""
+    return [
+        f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
 
 
 def _format_errors(err: ValidationError) -> str:

@@ -55,5 +55,7 @@ def test_generate_runs_the_cpu_recipe_and_prints_the_summary(tmp_path: Path) -> 
     for row in ("raw samples (bait prompting)", "kept (consensus)", "tokens/s", "wall time"):
         assert row in done.stderr
     assert (out / "default").is_dir() and (out / "dropped").is_dir() and (out / "README.md").is_file()
-    again = crescent("generate", str(CPU_RECIPE), *args, "--output-dir", str(out))
-    assert again.returncode == 1 and "--overwrite" in again.stderr
+    again = crescent("generate", str(CPU_RECIPE), *args, "--set", "consensus.k=2", "--output-dir", str(out))
+    assert again.returncode == 0 and "(resumed)" in again.stderr  # a finished run is rewritten, not redone
+    changed = crescent("generate", str(CPU_RECIPE), *args, "--output-dir", str(out))  # k back to 3
+    assert changed.returncode == 1 and "consensus.k: 2 -> 3" in changed.stderr and "--overwrite" in changed.stderr

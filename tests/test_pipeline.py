@@ -60,16 +60,45 @@ def test_garbage_is_counted_and_dropped_and_the_run_goes_on(tmp_path: Path) -> N
     assert "Use your creativity" in card and "| kept after consensus | 2 |" in card and "2502.13441" in card
 
 
-def test_a_failing_backend_batch_is_counted_not_fatal(tmp_path: Path) -> None:
+def test_a_failing_backend_stops_cleanly_and_the_re_run_continues(tmp_path: Path) -> None:
+    run = recipe(tmp_path, bait={"num_calls": 1, "samples_per_call": 3}, consensus={"batch_size": 1})
     question_llm = FakeLLM(rules={"creativity": [APPLES, TRAIN, AREA]})
-    answer_llm = FakeLLM(rules=ANSWERS, fail_on="rectangle")
-    result = run_recipe(
-        recipe(tmp_path, bait={"num_calls": 1, "samples_per_call": 3}, consensus={"batch_size": 1}),
-        question_llm=question_llm,
-        answer_llm=answer_llm,
+    first = run_recipe(run, question_llm=question_llm, answer_llm=FakeLLM(rules=ANSWERS, fail_on="rectangle"))
+    assert not first.complete and "re-run the same command" in first.message and "rectangle" in first.message
+    assert first.summary.dropped == {"generation_failed": 1} and first.summary.kept == 2
+
+    answer_llm = FakeLLM(rules={**ANSWERS, "rectangle": ["8 * 5 = 40\n#### Answer: 40"]})
+    second = run_recipe(run, question_llm=FakeLLM(rules={"creativity": ["never asked"]}), answer_llm=answer_llm)
+    assert second.complete and second.resumed and second.summary.kept == 3
+    assert second.new_generations == 1 and second.reused_generations == first.new_generations
+    assert {r["question"] for r in rows(tmp_path, "default")} == {APPLES, TRAIN, AREA}
+
+
+def test_finished_run_is_rewritten_identically_without_llm_calls(tmp_path: Path) -> None:
+    run = recipe(tmp_path)
+    question_llm = FakeLLM(rules={"creativity": BAIT_REPLIES, "very similar": ["Sorry, no."]})
+    first = run_recipe(run, question_llm=question_llm, answer_llm=FakeLLM(rules=ANSWERS))
+    before = {c: rows(tmp_path, c) for c in ("default", "dropped")}
+    failing = FakeLLM(fail_on=" ")  # every prompt has a space: any call would fail
+    again = run_recipe(run, question_llm=failing, answer_llm=failing.model_copy())
+    assert again.complete and again.new_generations == 0 and again.reused_generations == first.new_generations
+    assert {c: rows(tmp_path, c) for c in ("default", "dropped")} == before
+
+
+def test_changed_settings_are_refused_by_name(tmp_path: Path) -> None:
+    from crescent_distilabel.pipeline import RecipeChangedError
+
+    llm = FakeLLM(rules={"creativity": [TRAIN]}, default="#### 180")
+    run_recipe(recipe(tmp_path, bait={"num_calls": 1, "samples_per_call": 1}), question_llm=llm, answer_llm=llm)
+    changed = recipe(tmp_path, bait={"num_calls": 1, "samples_per_call": 1}, consensus={"k": 5})
+    with pytest.raises(RecipeChangedError, match=r"consensus\.k: 3 -> 5") as err:
+        run_recipe(changed, question_llm=llm, answer_llm=llm)
+    assert "--overwrite" in str(err.value)
+    same_but_elsewhere = recipe(
+        tmp_path, bait={"num_calls": 1, "samples_per_call": 1}, consensus={"batch_size": 3}, name="other"
     )
-    assert result.summary.dropped == {"generation_failed": 1}
-    assert result.summary.kept == 2
+    assert run_recipe(same_but_elsewhere, question_llm=llm, answer_llm=llm).resumed  # no result changes
+    assert run_recipe(changed, question_llm=llm, answer_llm=llm, overwrite=True).summary.raw_samples == 1
 
 
 def test_ablations_change_the_pipeline(tmp_path: Path) -> None:
@@ -110,6 +139,6 @@ def test_an_existing_run_is_not_overwritten_by_accident(tmp_path: Path) -> None:
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     llm = FakeLLM(rules={"creativity": [TRAIN]})
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="no CRESCENT run"):
         run_recipe(recipe(tmp_path, bait={"num_calls": 1, "samples_per_call": 1}), question_llm=llm)
     assert (out / "keep.txt").read_text() == "precious"

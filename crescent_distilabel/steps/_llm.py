@@ -1,12 +1,20 @@
-"""The one helper the steps use to call their LLM."""
+"""The one helper the steps use to call their LLM: seeds, durable caching, and failure handling."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from distilabel.models.llms.base import AsyncLLM
+
+from crescent_distilabel.store import ProgressStore, generation_key
 
 if TYPE_CHECKING:
     from distilabel.models.llms.base import LLM
+
+ABORT = "abort"
+"""State key set when a backend failed after its retries: later batches skip their LLM calls."""
 
 
 class Samples(NamedTuple):
@@ -17,28 +25,125 @@ class Samples(NamedTuple):
     truncated: list[bool]
 
 
+class BackendFailure(RuntimeError):
+    """The backend failed after its retries; everything finished so far is stored."""
+
+
 def user_turn(content: str) -> list[dict[str, str]]:
     """A one-message chat: the method uses user turns only, never a system prompt."""
     return [{"role": "user", "content": content}]
 
 
-def generate(llm: LLM, prompts: list[str], num_generations: int, seeds: list[int] | None = None) -> list[Samples]:
-    """``num_generations`` samples per prompt; per-prompt ``seeds`` go to LLMs that take them (ours)."""
+def _samples(output: dict[str, Any], n: int) -> Samples:
+    pad = lambda values, fill: (list(values or []) + [fill] * n)[:n]  # noqa: E731 - a backend may return fewer
+    stats = output.get("statistics") or {}
+    return Samples(
+        texts=pad(output.get("generations"), None),
+        tokens=[int(t or 0) for t in pad(stats.get("output_tokens"), 0)],
+        truncated=[bool(t) for t in pad(output.get("truncated"), False)],
+    )
+
+
+def _takes(func: Any, name: str) -> bool:
+    return name in inspect.signature(func).parameters
+
+
+def generate(
+    llm: LLM,
+    prompts: list[str],
+    num_generations: int,
+    seeds: list[int] | None = None,
+    *,
+    store: ProgressStore | None = None,
+    stage: str = "",
+) -> list[Samples]:
+    """``num_generations`` samples per prompt.
+
+    Per-prompt ``seeds`` go to LLMs that take them (ours). With a ``store``, prompts already generated are
+    read back instead of sent, and each new result is committed as soon as it arrives (concurrent requests
+    for async backends, one prompt at a time for in-process ones), so a killed run loses at most what was in
+    flight.
+
+    Raises:
+        BackendFailure: the backend failed after its own retries (results that arrived are stored).
+    """
     if not prompts:
         return []
     kwargs = llm.get_generation_kwargs()
-    if seeds is not None and "seeds" in inspect.signature(llm.generate).parameters:
-        kwargs["seeds"] = seeds
-    outputs = llm.generate_outputs(inputs=[user_turn(p) for p in prompts], num_generations=num_generations, **kwargs)
-    results = []
-    for output in outputs:
-        pad = lambda values, fill: (list(values or []) + [fill] * num_generations)[:num_generations]  # noqa: E731
-        stats = output.get("statistics") or {}
-        results.append(
-            Samples(
-                texts=pad(output.get("generations"), None),  # a backend may return fewer than asked
-                tokens=[int(t or 0) for t in pad(stats.get("output_tokens"), 0)],
-                truncated=[bool(t) for t in pad(output.get("truncated"), False)],
-            )
-        )
-    return results
+    seeded = seeds is not None and _takes(llm.generate, "seeds")
+    keys: list[str | None] = [None] * len(prompts)
+    results: list[Samples | None] = [None] * len(prompts)
+    if store is not None:
+        for i, prompt in enumerate(prompts):
+            # the seed identifies the request (which call, which question) even for LLMs that cannot take it
+            keys[i] = generation_key(llm.model_name, prompt, num_generations, kwargs, seeds[i] if seeds else i)
+        for i, (texts, tokens, truncated) in _cached(store, keys).items():
+            results[i] = Samples(texts, tokens, truncated)
+    todo = [i for i, r in enumerate(results) if r is None]
+
+    def done(i: int, output: dict[str, Any]) -> None:
+        results[i] = samples = _samples(output, num_generations)
+        if store is not None and keys[i] is not None and any(t is not None for t in samples.texts):
+            store.put_generation(keys[i], stage, *samples)
+
+    try:
+        if todo and isinstance(llm, AsyncLLM):
+            _generate_async(llm, prompts, num_generations, seeds if seeded else None, kwargs, todo, done)
+        elif todo and store is not None and seeded:  # our in-process backend: store every prompt as it finishes
+            for i in todo:
+                done(i, llm.generate_outputs([user_turn(prompts[i])], num_generations, **kwargs, seeds=[seeds[i]])[0])
+        elif todo:
+            extra = {"seeds": [seeds[i] for i in todo]} if seeded else {}
+            outputs = llm.generate_outputs([user_turn(prompts[i]) for i in todo], num_generations, **kwargs, **extra)
+            for i, output in zip(todo, outputs):
+                done(i, output)
+    except Exception as err:
+        raise BackendFailure(f"{type(err).__name__}: {err}") from err
+    return [
+        r if r is not None else Samples([None] * num_generations, [0] * num_generations, [False] * num_generations)
+        for r in results
+    ]
+
+
+def _cached(store: ProgressStore, keys: list[str | None]) -> dict[int, tuple[list, list, list]]:
+    found = store.get_generations([k for k in keys if k is not None])
+    return {i: found[k] for i, k in enumerate(keys) if k in found}
+
+
+def _generate_async(
+    llm: AsyncLLM,
+    prompts: list[str],
+    n: int,
+    seeds: list[int] | None,
+    kwargs: dict[str, Any],
+    todo: list[int],
+    done: Any,
+) -> None:
+    seeded = seeds is not None and _takes(llm.agenerate, "seed")
+
+    async def one(i: int) -> None:
+        extra = {"seed": seeds[i]} if seeded and seeds is not None else {}
+        done(i, await llm.agenerate(input=user_turn(prompts[i]), num_generations=n, **kwargs, **extra))
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(one(i) for i in todo), return_exceptions=True)
+
+    errors = [e for e in llm.event_loop.run_until_complete(run()) if isinstance(e, BaseException)]
+    if errors:
+        raise errors[0]
+
+
+def open_store(path: str | None) -> ProgressStore | None:
+    """The run's progress store when the step was given one (steps also work without)."""
+    return ProgressStore(path) if path else None
+
+
+def aborted(store: ProgressStore | None) -> bool:
+    """Whether an earlier batch hit a backend failure: then no further LLM calls are made."""
+    return store is not None and store.get_state(ABORT) is not None
+
+
+def record_failure(store: ProgressStore | None, step: str, err: BackendFailure) -> None:
+    """Remember the first backend failure so the run stops cleanly and tells the user to re-run."""
+    if store is not None and store.get_state(ABORT) is None:
+        store.set_state(ABORT, f"step '{step}': {err}")

@@ -2,12 +2,21 @@
 
 from distilabel.steps.tasks import GeneratorTask
 from distilabel.typing import ChatType, GeneratorStepOutput, StepColumns
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, PrivateAttr
 
 from crescent_distilabel.cleaning import clean_question
 from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import BAIT_PROMPT
-from crescent_distilabel.steps._llm import generate, user_turn
+from crescent_distilabel.steps._llm import (
+    BackendFailure,
+    Samples,
+    aborted,
+    generate,
+    open_store,
+    record_failure,
+    user_turn,
+)
+from crescent_distilabel.store import ProgressStore
 
 
 class BaitPrompting(GeneratorTask):
@@ -27,6 +36,8 @@ class BaitPrompting(GeneratorTask):
         max_chars: longer cleaned questions are dropped (``too_long``).
         require_digits: drop questions without a digit (``no_digits``); right for math, not for every domain.
         seed: the run seed; each call's samples get a seed derived from it and the call index.
+        progress_db: a progress store (SQLite) that keeps every generation as it finishes, so a re-run
+            reuses it; None keeps nothing.
 
     Runtime parameters:
         - `batch_size`: rows per output batch, rounded to whole calls.
@@ -37,7 +48,8 @@ class BaitPrompting(GeneratorTask):
     Output columns:
         - question (`str | None`): the cleaned question, None when dropped.
         - raw_question (`str | None`): the sample as generated.
-        - drop_reason (`str | None`): why the sample was dropped, None when kept.
+        - drop_reason (`str | None`): why the sample was dropped (a cleaning reason, or
+          ``generation_failed`` when the backend failed after its retries), None when kept.
         - bait_call (`int`): index of the call that produced the sample.
         - bait_sample (`int`): index of the sample within its call.
         - question_tokens (`int`): output tokens of the sample.
@@ -71,6 +83,13 @@ class BaitPrompting(GeneratorTask):
     max_chars: PositiveInt = 1500
     require_digits: bool = True
     seed: int = 0
+    progress_db: str | None = None
+
+    _store: ProgressStore | None = PrivateAttr(None)
+
+    def load(self) -> None:
+        super().load()
+        self._store = open_store(self.progress_db)
 
     @property
     def outputs(self) -> StepColumns:
@@ -101,18 +120,36 @@ class BaitPrompting(GeneratorTask):
         for start in range(first_call, self.num_calls, calls_per_batch):
             calls = range(start, min(start + calls_per_batch, self.num_calls))
             seeds = [derive_seed(self.seed, "bait", call) for call in calls]
-            results = generate(self.llm, [self.bait_prompt] * len(calls), self.samples_per_call, seeds)
+            failed = aborted(self._store)
+            if not failed:
+                try:
+                    results = generate(
+                        self.llm, [self.bait_prompt] * len(calls), self.samples_per_call, seeds,
+                        store=self._store, stage="bait",
+                    )  # fmt: skip
+                except BackendFailure as err:
+                    self._logger.warning(f"bait calls {calls.start}-{calls.stop - 1} failed: {err}")
+                    record_failure(self._store, self.name, err)
+                    failed = True
+            if failed:
+                n = self.samples_per_call
+                results = [Samples([None] * n, [0] * n, [False] * n) for _ in calls]
             rows = []
             for call, samples in zip(calls, results):
                 for sample, (text, n_tokens, cut) in enumerate(zip(*samples)):
-                    rows.append(
-                        {
-                            **self.format_output(text),
-                            "bait_call": call,
-                            "bait_sample": sample,
-                            "question_tokens": n_tokens,
-                            "question_truncated": cut,
-                            "model_name": self.llm.model_name,
-                        }
-                    )
+                    row = {
+                        **self.format_output(text),
+                        "bait_call": call,
+                        "bait_sample": sample,
+                        "question_tokens": n_tokens,
+                        "question_truncated": cut,
+                        "model_name": self.llm.model_name,
+                    }
+                    if failed:
+                        row["drop_reason"] = "generation_failed"
+                    rows.append(row)
+            if self._store is not None:
+                self._store.record_decisions(
+                    "bait", ((f"{r['bait_call']}/{r['bait_sample']}", r["drop_reason"] or "kept", None) for r in rows)
+                )
             yield rows, calls[-1] == self.num_calls - 1

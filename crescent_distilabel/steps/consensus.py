@@ -5,11 +5,19 @@ from typing import Any, Literal
 from distilabel.steps import StepInput
 from distilabel.steps.tasks import Task
 from distilabel.typing import ChatType, StepColumns, StepOutput
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, PrivateAttr, field_validator
 
 from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import ANSWER_TEMPLATE, check_template
-from crescent_distilabel.steps._llm import generate, user_turn
+from crescent_distilabel.steps._llm import (
+    BackendFailure,
+    aborted,
+    generate,
+    open_store,
+    record_failure,
+    user_turn,
+)
+from crescent_distilabel.store import ProgressStore
 from crescent_distilabel.voting import required_votes, vote_on_chains
 
 
@@ -33,6 +41,8 @@ class Consensus(Task):
         no_answer_policy: ``"abstain"``: a chain without an answer casts no vote but counts in k;
             ``"vote"``: "no answer" competes like an answer (the scripts).
         seed: the run seed; each question's k samples get seeds derived from it and the question.
+        progress_db: a progress store (SQLite) that keeps every question's answers as they finish, so a re-run
+            reuses them; None keeps nothing.
 
     Input columns:
         - question (`str | None`): the question (None for rows dropped upstream).
@@ -48,7 +58,8 @@ class Consensus(Task):
         - agreement (`float | None`): winner votes / k.
         - k (`int`): chains sampled.
         - messages (`list[dict[str, str]] | None`): the SFT view, user question then assistant chain.
-        - drop_reason (`str | None`): ``no_answer``, ``tie`` or ``low_agreement`` when not kept.
+        - drop_reason (`str | None`): ``no_answer``, ``tie`` or ``low_agreement`` when not kept;
+          ``generation_failed`` when the backend failed after its retries.
         - answer_tokens (`int`): output tokens of all k chains.
         - truncated_chains (`int`): chains that hit ``max_new_tokens``.
         - answer_model (`str`): the model that answered.
@@ -79,6 +90,9 @@ class Consensus(Task):
     tie_policy: Literal["drop", "first"] = "drop"
     no_answer_policy: Literal["abstain", "vote"] = "abstain"
     seed: int = 0
+    progress_db: str | None = None
+
+    _store: ProgressStore | None = PrivateAttr(None)
     group_generations: bool = Field(default=True, exclude=True)
 
     @field_validator("min_agreement")
@@ -113,6 +127,10 @@ class Consensus(Task):
             "answer_model",
         ]
 
+    def load(self) -> None:
+        super().load()
+        self._store = open_store(self.progress_db)
+
     def format_input(self, input: dict[str, Any]) -> ChatType:  # noqa: A002 - distilabel's signature
         return user_turn(self.answer_template.format(question=input["question"]))
 
@@ -138,7 +156,16 @@ class Consensus(Task):
         live = [i for i, row in enumerate(rows) if row["drop_reason"] is None and row.get("question")]
         prompts = [self.answer_template.format(question=rows[i]["question"]) for i in live]
         seeds = [derive_seed(self.seed, "answer", rows[i]["question"]) for i in live]
-        for i, (chains, tokens, truncated) in zip(live, generate(self.llm, prompts, self.num_answers, seeds)):
+        try:
+            if live and aborted(self._store):
+                raise BackendFailure("an earlier batch failed; no more LLM calls in this run")
+            answers = generate(self.llm, prompts, self.num_answers, seeds, store=self._store, stage="answer")
+        except BackendFailure as err:
+            record_failure(self._store, self.name, err)
+            for i in live:
+                rows[i]["drop_reason"] = "generation_failed"
+            answers = []
+        for i, (chains, tokens, truncated) in zip(live, answers):
             vote, extracted = vote_on_chains(
                 chains,
                 min_agreement=self.min_agreement,
@@ -166,4 +193,13 @@ class Consensus(Task):
                         {"role": "assistant", "content": chain},
                     ],
                 )
+        if self._store is not None:
+            self._store.record_decisions(
+                "consensus",
+                (
+                    (row["question"], row["drop_reason"] or "kept", {"answer": row["final_answer"]})
+                    for row in rows
+                    if row["question"]
+                ),
+            )
         yield rows

@@ -21,7 +21,15 @@ from crescent_distilabel.similarity import (
     normalize_rows,
     within_batch_duplicates,
 )
-from crescent_distilabel.steps._llm import generate, user_turn
+from crescent_distilabel.steps._llm import (
+    BackendFailure,
+    aborted,
+    generate,
+    open_store,
+    record_failure,
+    user_turn,
+)
+from crescent_distilabel.store import ProgressStore
 
 
 class Diversify(Task):
@@ -47,6 +55,8 @@ class Diversify(Task):
         max_chars: rewrites longer than this are dropped.
         require_digits: drop rewrites without a digit.
         seed: the run seed; each rewrite request gets a seed derived from it, the question and the round.
+        progress_db: a progress store (SQLite) for rewrites, embeddings and decisions, so a re-run replays
+            this stage without calling the LLM or the embedding model again; None keeps nothing.
 
     Input columns:
         - question (`str | None`): the cleaned question (None for rows dropped upstream).
@@ -58,7 +68,8 @@ class Diversify(Task):
         - rewrites (`int | None`): rewrite rounds it took.
         - nearest_question (`str | None`): the most similar question accepted before it.
         - nearest_similarity (`float | None`): their cosine similarity.
-        - drop_reason (`str | None`): ``batch_duplicate``, ``duplicate`` or ``rewrite_<cleaning reason>``.
+        - drop_reason (`str | None`): ``batch_duplicate``, ``duplicate``, ``rewrite_<cleaning reason>``, or
+          ``generation_failed`` when the backend failed after its retries.
         - rewrite_tokens (`int`): output tokens spent on rewrites.
 
     Categories:
@@ -92,7 +103,9 @@ class Diversify(Task):
     max_chars: PositiveInt = 1500
     require_digits: bool = True
     seed: int = 0
+    progress_db: str | None = None
 
+    _store: ProgressStore | None = PrivateAttr(None)
     _index: SimilarityIndex | None = PrivateAttr(None)
     _texts: list[str] = PrivateAttr(default_factory=list)
 
@@ -121,6 +134,7 @@ class Diversify(Task):
         self.embeddings.load()
         self._index = None
         self._texts = []
+        self._store = open_store(self.progress_db)
 
     def unload(self) -> None:
         self.embeddings.unload()
@@ -135,10 +149,23 @@ class Diversify(Task):
         )
         return {"question": cleaned.question, "drop_reason": cleaned.drop_reason}
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _encode(self, texts: list[str]) -> np.ndarray:
         encode_array = getattr(self.embeddings, "encode_array", None)  # ours skips a list round trip
-        raw = encode_array(texts) if encode_array else np.asarray(self.embeddings.encode(texts), dtype=np.float32)
-        vectors = normalize_rows(raw)
+        return encode_array(texts) if encode_array else np.asarray(self.embeddings.encode(texts), dtype=np.float32)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """Unit embeddings; with a progress store, computed once per text and model across re-runs."""
+        if self._store is None:
+            vectors = normalize_rows(self._encode(texts))
+        else:
+            model = self.embeddings.model_name
+            known = self._store.get_embeddings(model, texts)
+            missing = list(dict.fromkeys(t for t in texts if t not in known))
+            if missing:
+                fresh = normalize_rows(self._encode(missing))
+                self._store.put_embeddings(model, missing, fresh)
+                known.update(zip(missing, fresh))
+            vectors = np.stack([known[t] for t in texts]).astype(np.float32)
         if self._index is None:
             self._index = SimilarityIndex(vectors.shape[1], exact_limit=self.exact_limit)
         return vectors
@@ -193,8 +220,17 @@ class Diversify(Task):
                 for i in to_rewrite
             ]
             seeds = [derive_seed(self.seed, "rewrite", rows[i]["question"], rows[i]["rewrites"]) for i in to_rewrite]
+            try:
+                if aborted(self._store):
+                    raise BackendFailure("an earlier batch failed; no more LLM calls in this run")
+                rewrites = generate(self.llm, prompts, 1, seeds, store=self._store, stage="rewrite")
+            except BackendFailure as err:
+                record_failure(self._store, self.name, err)
+                for i in to_rewrite:
+                    rows[i]["drop_reason"] = "generation_failed"
+                break
             live = []
-            for i, samples in zip(to_rewrite, generate(self.llm, prompts, 1, seeds)):
+            for i, samples in zip(to_rewrite, rewrites):
                 row = rows[i]
                 row["rewrites"] += 1
                 row["rewrite_tokens"] += samples.tokens[0]
@@ -215,4 +251,18 @@ class Diversify(Task):
         for row in rows:
             if row["drop_reason"] is not None:
                 row["question"] = None
+        if self._store is not None:
+            self._store.record_decisions(
+                "diversify", ((_item(r), r["drop_reason"] or "accepted", _detail(r)) for r in rows)
+            )
         yield rows
+
+
+def _item(row: dict[str, Any]) -> str:
+    if row.get("bait_call") is not None:
+        return f"{row['bait_call']}/{row.get('bait_sample')}"
+    return str(row.get("original_question"))
+
+
+def _detail(row: dict[str, Any]) -> dict[str, Any]:
+    return {"rewrites": row["rewrites"], "similarity": row["nearest_similarity"]}

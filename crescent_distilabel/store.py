@@ -1,0 +1,124 @@
+"""Durable progress: every finished generation, embedding and stage decision, kept in one SQLite file.
+
+distilabel 1.5.3's own cache cannot resume (the re-run hangs; a kill can leave an empty pipeline.yaml), so
+crash safety lives here. Each LLM result is committed as soon as it arrives, keyed by what determines it
+(model, prompt, number of samples, sampling parameters, seed): a re-run of the same recipe finds it and does
+not call the LLM again. SQLite in WAL mode makes each commit atomic and durable against a killed process,
+and lets the pipeline's step processes write concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS generations (
+    key TEXT PRIMARY KEY, stage TEXT NOT NULL, texts TEXT NOT NULL, tokens TEXT NOT NULL,
+    truncated TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vector BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    stage TEXT NOT NULL, item TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT, created REAL NOT NULL,
+    PRIMARY KEY (stage, item));
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_CHUNK = 500  # SQLite host parameters per query stay well under its limit
+
+
+def generation_key(model: str, prompt: str, n: int, sampling: dict[str, Any], seed: int | None) -> str:
+    """What determines a generation, hashed: the same key means the same request."""
+    payload = json.dumps([model, prompt, n, sampling, seed], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def text_key(model: str, text: str) -> str:
+    return hashlib.sha256(json.dumps([model, text], ensure_ascii=False).encode()).hexdigest()
+
+
+class ProgressStore:
+    """One run's durable progress (``<output_dir>/.crescent/progress.sqlite``).
+
+    Args:
+        path: the SQLite file; created with its folder when missing.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process; fast commits
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _select(self, sql: str, keys: Sequence[str]) -> list[tuple]:
+        rows: list[tuple] = []
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            rows += self._db.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall()
+        return rows
+
+    # generations
+    def get_generations(self, keys: Sequence[str]) -> dict[str, tuple[list, list, list]]:
+        """Stored generations by key: (texts, output tokens, truncated flags)."""
+        rows = self._select("SELECT key, texts, tokens, truncated FROM generations WHERE key IN ({})", keys)
+        return {k: (json.loads(t), json.loads(n), json.loads(c)) for k, t, n, c in rows}
+
+    def put_generation(self, key: str, stage: str, texts: list, tokens: list, truncated: list) -> None:
+        """Commit one finished generation (all its samples) at once."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?, ?, ?)",
+            (key, stage, json.dumps(texts), json.dumps(tokens), json.dumps(truncated), time.time()),
+        )
+
+    def count_generations(self, stage: str | None = None) -> int:
+        if stage is None:
+            return self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM generations WHERE stage = ?", (stage,)).fetchone()[0]
+
+    # embeddings
+    def get_embeddings(self, model: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored float32 embeddings by text."""
+        keys = {text_key(model, t): t for t in texts}
+        rows = self._select("SELECT key, vector FROM embeddings WHERE key IN ({})", list(keys))
+        return {keys[k]: np.frombuffer(v, dtype=np.float32) for k, v in rows}
+
+    def put_embeddings(self, model: str, texts: Iterable[str], vectors: np.ndarray) -> None:
+        rows = [(text_key(model, t), np.asarray(v, dtype=np.float32).tobytes()) for t, v in zip(texts, vectors)]
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)", rows)
+
+    # decisions
+    def record_decisions(self, stage: str, decisions: Iterable[tuple[str, str, dict[str, Any] | None]]) -> None:
+        """Commit a batch's decisions: (item, outcome, detail) per row, e.g. ("<hash>", "duplicate", {...})."""
+        now = time.time()
+        rows = [
+            (stage, item, outcome, json.dumps(detail) if detail else None, now) for item, outcome, detail in decisions
+        ]
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?)", rows)
+
+    def count_decisions(self, stage: str) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM decisions WHERE stage = ?", (stage,)).fetchone()[0]
+
+    # run state
+    def get_state(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_state(self, name: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (name, value))
+
+    def clear_state(self, name: str) -> None:
+        self._db.execute("DELETE FROM state WHERE name = ?", (name,))
