@@ -33,6 +33,14 @@ def _output(texts: list[str | None], input_tokens: list[int], output_tokens: lis
     }
 
 
+def merge_output(into: dict[str, Any], part: dict[str, Any]) -> None:
+    """Append one request's samples (texts, token counts, truncation flags) to another's."""
+    into["generations"] += part["generations"]
+    for stat in ("input_tokens", "output_tokens"):
+        into["statistics"][stat] += part["statistics"][stat]
+    into["truncated"] += part["truncated"]
+
+
 class LlamaCppChatLLM(LlamaCppLLM):
     """llama.cpp in process (CPU by default), with its own sampler seed for every sample.
 
@@ -101,6 +109,37 @@ class OpenAICompatibleLLM(OpenAILLM):
     and dropped connections come from the OpenAI client (``max_retries``, ``timeout``).
     """
 
+    async def arequest(
+        self,
+        input: FormattedInput,  # noqa: A002 - distilabel's signature
+        num_generations: int = 1,
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> GenerateOutput:
+        """One request for ``num_generations`` samples; the server may return fewer."""
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": input,
+            "n": num_generations,
+            "max_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+        if seed is not None:
+            kwargs["seed"] = seed % MAX_SEED
+        completion = await self._aclient.chat.completions.create(**kwargs)  # type: ignore[union-attr]
+        choices = list(completion.choices or [])[:num_generations]
+        usage = completion.usage
+        per_choice = (usage.completion_tokens // len(choices)) if usage and choices else 0
+        return _output(
+            [c.message.content if c.message else None for c in choices],
+            [usage.prompt_tokens if usage else 0] * len(choices),
+            [per_choice] * len(choices),
+            [c.finish_reason == "length" for c in choices],
+        )
+
     async def agenerate(  # type: ignore[override]
         self,
         input: FormattedInput,  # noqa: A002 - distilabel's signature
@@ -110,36 +149,23 @@ class OpenAICompatibleLLM(OpenAILLM):
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> GenerateOutput:
-        texts: list[str | None] = []
-        in_tok: list[int] = []
-        out_tok: list[int] = []
-        truncated: list[bool] = []
+        """``num_generations`` samples: request ``r`` asks for what is still missing with seed ``seed + r``."""
+        merged = _output([], [], [], [])
         request = 0
-        while len(texts) < num_generations:
-            need = num_generations - len(texts)
-            kwargs: dict[str, Any] = {
-                "model": self.model,
-                "messages": input,
-                "n": need,
-                "max_tokens": max_new_tokens,
-                "temperature": temperature,
-                "top_p": top_p,
-            }
-            if seed is not None:
-                kwargs["seed"] = (seed + request) % MAX_SEED
-            completion = await self._aclient.chat.completions.create(**kwargs)  # type: ignore[union-attr]
-            request += 1
-            choices = list(completion.choices or [])[:need]
-            if not choices:
+        while len(merged["generations"]) < num_generations:
+            part = await self.arequest(
+                input,
+                num_generations - len(merged["generations"]),
+                max_new_tokens,
+                temperature,
+                top_p,
+                None if seed is None else seed + request,
+            )
+            if not part["generations"]:
                 break
-            usage = completion.usage
-            per_choice = (usage.completion_tokens // len(choices)) if usage else 0
-            for choice in choices:
-                texts.append(choice.message.content if choice.message else None)
-                truncated.append(choice.finish_reason == "length")
-                in_tok.append(usage.prompt_tokens if usage else 0)
-                out_tok.append(per_choice)
-        return _output(texts, in_tok, out_tok, truncated)
+            merge_output(merged, part)
+            request += 1
+        return merged
 
     def generate(  # type: ignore[override]
         self,

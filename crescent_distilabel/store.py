@@ -23,6 +23,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS generations (
     key TEXT PRIMARY KEY, stage TEXT NOT NULL, texts TEXT NOT NULL, tokens TEXT NOT NULL,
     truncated TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS parts (
+    key TEXT NOT NULL, idx INTEGER NOT NULL, output TEXT NOT NULL, PRIMARY KEY (key, idx));
 CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vector BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (
     stage TEXT NOT NULL, item TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT, created REAL NOT NULL,
@@ -79,6 +81,15 @@ class ProgressStore:
             "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?, ?, ?)",
             (key, stage, json.dumps(texts), json.dumps(tokens), json.dumps(truncated), time.time()),
         )
+
+    def get_parts(self, key: str) -> list[dict[str, Any]]:
+        """The requests already answered for a generation still missing samples, in order."""
+        rows = self._db.execute("SELECT output FROM parts WHERE key = ? ORDER BY idx", (key,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def put_part(self, key: str, idx: int, output: dict[str, Any]) -> None:
+        """Commit one answered request of a multi-request generation (servers that ignore ``n``)."""
+        self._db.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?)", (key, idx, json.dumps(output)))
 
     def count_generations(self, stage: str | None = None) -> int:
         if stage is None:

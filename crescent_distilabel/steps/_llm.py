@@ -88,7 +88,7 @@ def generate(
 
     try:
         if todo and isinstance(llm, AsyncLLM):
-            _generate_async(llm, prompts, num_generations, seeds if seeded else None, kwargs, todo, done)
+            _generate_async(llm, prompts, num_generations, seeds if seeded else None, kwargs, todo, done, store, keys)
         elif todo and store is not None and seeded:  # our in-process backend: store every prompt as it finishes
             for i in todo:
                 done(i, llm.generate_outputs([user_turn(prompts[i])], num_generations, **kwargs, seeds=[seeds[i]])[0])
@@ -118,12 +118,36 @@ def _generate_async(
     kwargs: dict[str, Any],
     todo: list[int],
     done: Any,
+    store: ProgressStore | None,
+    keys: list[str | None],
 ) -> None:
-    seeded = seeds is not None and _takes(llm.agenerate, "seed")
+    """All prompts concurrently. With our client and a store, each answered request is committed at once,
+    so a prompt whose samples take several requests (servers that ignore ``n``) resumes mid-way."""
+    from crescent_distilabel.llms import OpenAICompatibleLLM, merge_output
 
     async def one(i: int) -> None:
-        extra = {"seed": seeds[i]} if seeded and seeds is not None else {}
-        done(i, await llm.agenerate(input=user_turn(prompts[i]), num_generations=n, **kwargs, **extra))
+        chat = user_turn(prompts[i])
+        if seeds is None or store is None or keys[i] is None or not isinstance(llm, OpenAICompatibleLLM):
+            extra = {"seed": seeds[i]} if seeds is not None and _takes(llm.agenerate, "seed") else {}
+            done(i, await llm.agenerate(input=chat, num_generations=n, **kwargs, **extra))
+            return
+        merged: dict[str, Any] = {
+            "generations": [],
+            "statistics": {"input_tokens": [], "output_tokens": []},
+            "truncated": [],
+        }
+        parts = store.get_parts(keys[i])
+        for part in parts:
+            merge_output(merged, part)
+        request = len(parts)
+        while len(merged["generations"]) < n:  # the same seeds, request by request, as OpenAICompatibleLLM.agenerate
+            part = await llm.arequest(chat, n - len(merged["generations"]), **kwargs, seed=seeds[i] + request)
+            if not part["generations"]:
+                break
+            store.put_part(keys[i], request, part)
+            merge_output(merged, part)
+            request += 1
+        done(i, merged)
 
     async def run() -> list[Any]:
         return await asyncio.gather(*(one(i) for i in todo), return_exceptions=True)

@@ -1,0 +1,177 @@
+"""Crash safety for real: SmolLM2 behind a llama.cpp server on 127.0.0.1, runs killed with SIGKILL and
+re-run, a fault injector in front of the server (tests/fault_proxy.py, a named fake), and a secrets sweep."""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+from fault_proxy import FaultProxy
+
+from crescent_distilabel import load_recipe, run_recipe
+from crescent_distilabel.pipeline import progress_path
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "seed": 11,
+    "bait": {"num_calls": 3, "samples_per_call": 4},
+    "sampling": {"max_new_tokens": 64, "temperature": 0.7},
+    "diversify": {"batch_size": 4},
+    "consensus": {"k": 3, "batch_size": 2},
+}
+
+
+def openai_recipe(url: str, output_dir: Path, **model) -> dict:
+    return {
+        **TINY,
+        "output_dir": str(output_dir),
+        "question_model": {"backend": "openai", "model": "smollm2", "base_url": url, **model},
+    }
+
+
+def dataset(output_dir: Path) -> dict[str, list[dict]]:
+    return {c: load_from_disk(str(output_dir / c / "train")).to_list() for c in ("default", "dropped")}
+
+
+@pytest.fixture(scope="module")
+def reference(llamacpp_server: str, tmp_path_factory: pytest.TempPathFactory):
+    """An uninterrupted run through a counting proxy: its dataset and how many requests it took."""
+    proxy = FaultProxy(llamacpp_server).start()
+    out = tmp_path_factory.mktemp("reference") / "run"
+    try:
+        result = run_recipe(load_recipe(openai_recipe(proxy.url, out)))
+    finally:
+        proxy.stop()
+    assert result.complete and proxy.repeated == 0
+    return dataset(out), proxy.requests
+
+
+def _count(db: Path, sql: str, since: float) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return conn.execute(sql, (since,)).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+KILL_POINTS = {  # while bait prompting, while diversifying, while answering
+    "bait": "SELECT COUNT(*) FROM generations WHERE stage = 'bait' AND created > ?",
+    "diversify": "SELECT COUNT(*) FROM decisions WHERE stage = 'diversify' AND created > ?",
+    "consensus": "SELECT COUNT(*) FROM generations WHERE stage = 'answer' AND created > ?",
+}
+
+
+def test_sigkill_at_every_stage_then_rerun_loses_and_repeats_nothing(
+    llamacpp_server: str, reference, tmp_path: Path
+) -> None:
+    want, reference_requests = reference
+    proxy = FaultProxy(llamacpp_server).start()
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "crescent_distilabel.cli", "generate", "--output-dir", str(out)]
+    for key, value in [("question_model.backend", "openai"), ("question_model.model", "smollm2"),
+                       ("question_model.base_url", proxy.url), ("seed", 11), ("bait.num_calls", 3),
+                       ("bait.samples_per_call", 4), ("sampling.max_new_tokens", 64), ("sampling.temperature", 0.7),
+                       ("diversify.batch_size", 4), ("consensus.k", 3), ("consensus.batch_size", 2)]:  # fmt: skip
+        args += ["--set", f"{key}={value}"]
+    in_flight_at_kills = []
+    try:
+        for stage, sql in KILL_POINTS.items():
+            started = time.time()
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            deadline = time.monotonic() + 300
+            while _count(progress_path(out), sql, started) < 1:
+                assert proc.poll() is None, f"run ended before the {stage} kill point: {proc.stderr.read()[-2000:]}"
+                assert time.monotonic() < deadline, f"{stage} kill point not reached"
+                time.sleep(0.05)
+            in_flight_at_kills.append(proxy.in_flight)
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole run: main process and distilabel's step processes
+            proc.wait()
+            proc.stderr.close()
+            time.sleep(0.5)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "(resumed)" in done.stderr
+    finally:
+        proxy.stop()
+    got = dataset(out)
+    assert got == want  # no row lost, none duplicated, every value as in the uninterrupted run
+    allowance = math.ceil(0.01 * reference_requests) + sum(in_flight_at_kills) + len(KILL_POINTS)
+    assert proxy.repeated <= allowance, (proxy.repeated, allowance, in_flight_at_kills)
+    assert proxy.requests - proxy.repeated == reference_requests  # the same distinct requests, each once
+
+
+def test_transient_faults_are_retried_and_the_run_completes(llamacpp_server: str, reference, tmp_path: Path) -> None:
+    want, _ = reference
+    proxy = FaultProxy(llamacpp_server, faults=["500", "drop", "ok", "hang", "500"]).start()
+    try:
+        result = run_recipe(load_recipe(openai_recipe(proxy.url, tmp_path / "run", timeout=3, max_retries=3)))
+    finally:
+        proxy.stop()
+    assert result.complete, result.message
+    assert proxy.injected == {"500": 2, "drop": 1, "hang": 1}
+    assert dataset(tmp_path / "run") == want
+
+
+def test_a_server_that_stays_down_stops_the_run_cleanly_and_the_rerun_finishes(
+    llamacpp_server: str, reference, tmp_path: Path
+) -> None:
+    want, _ = reference
+    proxy = FaultProxy(llamacpp_server, faults=["ok"] * 6 + ["garbage"]).start()
+    out = tmp_path / "run"
+    try:
+        first = run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=5, max_retries=1)))
+        assert not first.complete and "re-run the same command" in first.message
+        assert first.summary.dropped.get("generation_failed", 0) > 0
+        assert (out / "crescent_run.json").is_file() and (out / "default").is_dir()  # saved, marked incomplete
+        stored = first.new_generations
+        assert stored >= 1
+        proxy.down = True  # now unreachable: fails fast, before any work
+        from crescent_distilabel.backends import BackendError
+
+        with pytest.raises(BackendError, match=proxy.url.replace(".", r"\.")):
+            run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=5, max_retries=1)))
+        proxy.down = False
+        second = run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=5, max_retries=1)))
+    finally:
+        proxy.stop()
+    assert second.complete and second.resumed and second.reused_generations == stored
+    assert dataset(out) == want
+
+
+def test_secrets_never_reach_any_file_or_log(llamacpp_server: str, tmp_path: Path, capfd) -> None:
+    secret_values = {
+        "OPENAI_API_KEY": "sk-" + secrets.token_hex(24),
+        "HF_TOKEN": "hf_" + secrets.token_hex(20),
+        "ARGILLA_API_KEY": "argilla.apikey." + secrets.token_hex(16),
+    }
+    saved = {k: os.environ.get(k) for k in secret_values}
+    os.environ.update(secret_values)
+    try:
+        tiny = {**openai_recipe(llamacpp_server, tmp_path / "run"), "bait": {"num_calls": 1, "samples_per_call": 2}}
+        result = run_recipe(load_recipe(tiny))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert result.complete
+    captured = capfd.readouterr()
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.name == "pipeline.yaml" for p in written) and any(p.name == "pipeline.log" for p in written)
+    for value in secret_values.values():
+        for path in written:
+            assert value.encode() not in path.read_bytes(), f"secret found in {path}"
+        assert value not in captured.out and value not in captured.err
