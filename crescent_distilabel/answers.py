@@ -53,6 +53,20 @@ def _first_line(value: str) -> str:
     return re.split(r"\.\s", line, maxsplit=1)[0].strip()
 
 
+def _marked(text: str, markers: tuple[re.Pattern[str], ...], *, need_number: bool) -> str | None:
+    """The answer after the last occurrence of the first marker found (a ``\\boxed{}`` in it wins)."""
+    for marker in markers:
+        found = marker.findall(text)
+        if found:
+            value = _first_line(found[-1])
+            boxed = _boxed(value)
+            if boxed:
+                return boxed
+            if value and (not need_number or _NUMBER_RE.search(value)):
+                return value
+    return None
+
+
 def extract_answer(text: str | None) -> str | None:
     """The final answer as written: the marked answer if any, else the last number in the text.
 
@@ -60,27 +74,10 @@ def extract_answer(text: str | None) -> str | None:
     """
     if not text:
         return None
-    for marker in _MARKERS[:2]:
-        found = marker.findall(text)
-        if found:
-            value = _first_line(found[-1])
-            boxed = _boxed(value)
-            if boxed:
-                return boxed
-            if value:
-                return value
-    boxed = _boxed(text)
-    if boxed:
-        return boxed
-    for marker in _MARKERS[2:]:
-        found = marker.findall(text)
-        if found:
-            value = _first_line(found[-1])
-            boxed = _boxed(value)
-            if boxed:
-                return boxed
-            if _NUMBER_RE.search(value):
-                return value
+    answer = _marked(text, _MARKERS[:2], need_number=False) or _boxed(text)
+    answer = answer or _marked(text, _MARKERS[2:], need_number=True)
+    if answer:
+        return answer
     numbers = _NUMBER_RE.findall(text)
     return numbers[-1].strip() if numbers else None
 

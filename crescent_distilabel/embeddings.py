@@ -74,4 +74,5 @@ class SentenceEmbeddings(SentenceTransformerEmbeddings):
             batch_size=self.batch_size,
             convert_to_numpy=True,
             normalize_embeddings=self.normalize_embeddings,
+            show_progress_bar=False,  # one bar per step batch would drown the pipeline's own progress log
         ).astype(np.float32)

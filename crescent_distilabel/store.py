@@ -91,6 +91,11 @@ class ProgressStore:
         """Commit one answered request of a multi-request generation (servers that ignore ``n``)."""
         self._db.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?)", (key, idx, json.dumps(output)))
 
+    def output_tokens_since(self, since: float) -> int:
+        """Output tokens of the generations stored after ``since`` (a time.time() value)."""
+        rows = self._db.execute("SELECT tokens FROM generations WHERE created > ?", (since,)).fetchall()
+        return sum(sum(json.loads(r[0])) for r in rows)
+
     def count_generations(self, stage: str | None = None) -> int:
         if stage is None:
             return self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]

@@ -52,7 +52,14 @@ def test_generate_runs_the_cpu_recipe_and_prints_the_summary(tmp_path: Path) -> 
     done = crescent("generate", str(CPU_RECIPE), *args, "--set", "consensus.k=2", "--output-dir", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith(str(out))
-    for row in ("raw samples (bait prompting)", "kept (consensus)", "tokens/s", "wall time"):
+    for row in (
+        "raw samples (bait prompting)",
+        "kept (consensus)",
+        "tokens/s",
+        "wall time",
+        "cut off",
+        "LLM requests",
+    ):
         assert row in done.stderr
     assert (out / "default").is_dir() and (out / "dropped").is_dir() and (out / "README.md").is_file()
     again = crescent("generate", str(CPU_RECIPE), *args, "--set", "consensus.k=2", "--output-dir", str(out))

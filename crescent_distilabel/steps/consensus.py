@@ -71,6 +71,21 @@ class Consensus(Task):
     References:
         - [The Self-Improvement Paradox: Can Language Models Bootstrap Reasoning Capabilities without External Scaffolding?](https://arxiv.org/abs/2502.13441)
 
+    Citations:
+        ```
+        @inproceedings{sun2025selfimprovement,
+            title={The Self-Improvement Paradox: Can Language Models Bootstrap Reasoning Capabilities
+                without External Scaffolding?},
+            author={Sun and Chen and Zhao and Xu and Zhang and Yin},
+            booktitle={Findings of the Association for Computational Linguistics: ACL 2025},
+            pages={6501--6512},
+            year={2025},
+            eprint={2502.13441},
+            archivePrefix={arXiv},
+            url={https://arxiv.org/abs/2502.13441},
+        }
+        ```
+
     Examples:
         Answer with five samples and keep a 60% consensus:
 
