@@ -39,7 +39,7 @@ def _summary_table(result: RunResult) -> None:
     table.add_row(
         "tokens (question/rewrite/answer)", f"{s['question_tokens']}/{s['rewrite_tokens']}/{s['answer_tokens']}"
     )
-    table.add_row("LLM requests (stored earlier/new)", f"{result.reused_generations}/{result.new_generations}")
+    table.add_row("generations (stored earlier/new)", f"{result.reused_generations}/{result.new_generations}")
     table.add_row("wall time", f"{s['wall_time_s']:.1f} s")
     table.add_row("tokens/s (generated in this run)", f"{s['tokens_per_s']:.1f}")
     Console(stderr=True).print(table)

@@ -307,7 +307,12 @@ def run_recipe(
     start = time.perf_counter()
     raw = pipeline.run(use_cache=False)
     wall = time.perf_counter() - start
-    rows = next(iter(raw.values()))["train"]
+    if raw:
+        rows = next(iter(raw.values()))["train"]
+    else:  # interrupted before any row reached the last step
+        from datasets import Dataset
+
+        rows = Dataset.from_dict({"drop_reason": []})
     kept, dropped = split_rows(rows)
     summary = summarize(rows.to_list(), wall)
     summary.generated_tokens = store.output_tokens_since(started_at)
@@ -325,7 +330,8 @@ def run_recipe(
     distiset.pipeline_path = raw.pipeline_path
     distiset.log_filename_path = raw.log_filename_path
     save_distiset(distiset, output_dir)
-    atomic_write(output_dir / "README.md", dataset_card(recipe, summary.to_dict(), kept["agreement"]))
+    agreements = kept["agreement"] if "agreement" in kept.column_names else []
+    atomic_write(output_dir / "README.md", dataset_card(recipe, summary.to_dict(), agreements))
     atomic_write(output_dir / "recipe.yaml", dump_recipe(recipe))
     result = RunResult(
         distiset, summary, output_dir, complete, message, resumed, before, store.count_generations() - before
