@@ -58,7 +58,7 @@ def test_generate_runs_the_cpu_recipe_and_prints_the_summary(tmp_path: Path) -> 
         "tokens/s",
         "wall time",
         "cut off",
-        "LLM requests",
+        "generations (stored",
     ):
         assert row in done.stderr
     assert (out / "default").is_dir() and (out / "dropped").is_dir() and (out / "README.md").is_file()
