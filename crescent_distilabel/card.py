@@ -7,18 +7,8 @@ from typing import Any
 
 import yaml
 
+from crescent_distilabel.citation import CITATION
 from crescent_distilabel.recipe import Recipe
-
-CITATION = """@inproceedings{sun2025selfimprovement,
-  title     = {The Self-Improvement Paradox: Can Language Models Bootstrap Reasoning Capabilities without
-               External Scaffolding?},
-  author    = {Sun and Chen and Zhao and Xu and Zhang and Yin},
-  booktitle = {Findings of the Association for Computational Linguistics: ACL 2025},
-  pages     = {6501--6512},
-  year      = {2025},
-  eprint    = {2502.13441},
-  archivePrefix = {arXiv}
-}"""
 
 
 def agreement_histogram(agreements: list[float | None]) -> dict[str, int]:

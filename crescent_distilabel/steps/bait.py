@@ -4,6 +4,7 @@ from distilabel.steps.tasks import GeneratorTask
 from distilabel.typing import ChatType, GeneratorStepOutput, StepColumns
 from pydantic import Field, PositiveInt, PrivateAttr
 
+from crescent_distilabel.citation import with_citation
 from crescent_distilabel.cleaning import clean_question
 from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import BAIT_PROMPT
@@ -19,6 +20,7 @@ from crescent_distilabel.steps._llm import (
 from crescent_distilabel.store import ProgressStore
 
 
+@with_citation
 class BaitPrompting(GeneratorTask):
     """Samples raw questions from a bait prompt and cleans them, keeping every sample with its fate.
 
@@ -61,21 +63,6 @@ class BaitPrompting(GeneratorTask):
 
     References:
         - [The Self-Improvement Paradox: Can Language Models Bootstrap Reasoning Capabilities without External Scaffolding?](https://arxiv.org/abs/2502.13441)
-
-    Citations:
-        ```
-        @inproceedings{sun2025selfimprovement,
-            title={The Self-Improvement Paradox: Can Language Models Bootstrap Reasoning Capabilities
-                without External Scaffolding?},
-            author={Sun and Chen and Zhao and Xu and Zhang and Yin},
-            booktitle={Findings of the Association for Computational Linguistics: ACL 2025},
-            pages={6501--6512},
-            year={2025},
-            eprint={2502.13441},
-            archivePrefix={arXiv},
-            url={https://arxiv.org/abs/2502.13441},
-        }
-        ```
 
     Examples:
         Invent ten raw questions with SmolLM2 on CPU:

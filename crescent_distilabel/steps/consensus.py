@@ -7,6 +7,7 @@ from distilabel.steps.tasks import Task
 from distilabel.typing import ChatType, StepColumns, StepOutput
 from pydantic import Field, PositiveInt, PrivateAttr, field_validator
 
+from crescent_distilabel.citation import with_citation
 from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import ANSWER_TEMPLATE, check_template
 from crescent_distilabel.steps._llm import (
@@ -21,6 +22,7 @@ from crescent_distilabel.store import ProgressStore
 from crescent_distilabel.voting import required_votes, vote_on_chains
 
 
+@with_citation
 class Consensus(Task):
     """Answers each question k times and keeps the answer the model agrees with itself on.
 
@@ -70,21 +72,6 @@ class Consensus(Task):
 
     References:
         - [The Self-Improvement Paradox: Can Language Models Bootstrap Reasoning Capabilities without External Scaffolding?](https://arxiv.org/abs/2502.13441)
-
-    Citations:
-        ```
-        @inproceedings{sun2025selfimprovement,
-            title={The Self-Improvement Paradox: Can Language Models Bootstrap Reasoning Capabilities
-                without External Scaffolding?},
-            author={Sun and Chen and Zhao and Xu and Zhang and Yin},
-            booktitle={Findings of the Association for Computational Linguistics: ACL 2025},
-            pages={6501--6512},
-            year={2025},
-            eprint={2502.13441},
-            archivePrefix={arXiv},
-            url={https://arxiv.org/abs/2502.13441},
-        }
-        ```
 
     Examples:
         Answer with five samples and keep a 60% consensus:

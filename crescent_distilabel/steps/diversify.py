@@ -9,6 +9,7 @@ from distilabel.steps.tasks import Task
 from distilabel.typing import ChatType, StepColumns, StepOutput
 from pydantic import Field, PositiveInt, PrivateAttr
 
+from crescent_distilabel.citation import with_citation
 from crescent_distilabel.cleaning import clean_question
 from crescent_distilabel.embeddings import SentenceEmbeddings
 from crescent_distilabel.llms import derive_seed
@@ -32,6 +33,7 @@ from crescent_distilabel.steps._llm import (
 from crescent_distilabel.store import ProgressStore
 
 
+@with_citation
 class Diversify(Task):
     """Keeps a question only if it is not too similar to one already accepted; near-duplicates are rewritten.
 
@@ -78,21 +80,6 @@ class Diversify(Task):
 
     References:
         - [The Self-Improvement Paradox: Can Language Models Bootstrap Reasoning Capabilities without External Scaffolding?](https://arxiv.org/abs/2502.13441)
-
-    Citations:
-        ```
-        @inproceedings{sun2025selfimprovement,
-            title={The Self-Improvement Paradox: Can Language Models Bootstrap Reasoning Capabilities
-                without External Scaffolding?},
-            author={Sun and Chen and Zhao and Xu and Zhang and Yin},
-            booktitle={Findings of the Association for Computational Linguistics: ACL 2025},
-            pages={6501--6512},
-            year={2025},
-            eprint={2502.13441},
-            archivePrefix={arXiv},
-            url={https://arxiv.org/abs/2502.13441},
-        }
-        ```
 
     Examples:
         Deduplicate questions, rewriting near-duplicates with the same model:
