@@ -176,7 +176,6 @@ class Diversify(Task):
         """Check rows against the history (which takes the accepted ones); returns rows to rewrite."""
         assert self._index is not None
         decisions = accept_against_history(vectors, self._index, self.history_threshold)
-        base = len(self._texts)
         self._texts.extend(rows[i]["question"] for i, d in zip(live, decisions) if d.accepted)
         to_rewrite = []
         for i, decision in zip(live, decisions):
@@ -190,7 +189,7 @@ class Diversify(Task):
                 to_rewrite.append(i)
             else:
                 row["drop_reason"] = "duplicate"
-        assert len(self._texts) == len(self._index), (base, len(self._index))
+        assert len(self._texts) == len(self._index), "history texts and index out of step"
         return to_rewrite
 
     def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
