@@ -175,3 +175,24 @@ def test_secrets_never_reach_any_file_or_log(llamacpp_server: str, tmp_path: Pat
         for path in written:
             assert value.encode() not in path.read_bytes(), f"secret found in {path}"
         assert value not in captured.out and value not in captured.err
+
+
+def test_ctrl_c_stops_with_exit_3_and_the_rerun_completes(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) on the embedded llama.cpp backend."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "crescent_distilabel.cli", "generate", "--output-dir", str(out)]
+    for item in ("bait.num_calls=3", "bait.samples_per_call=2", "sampling.max_new_tokens=48", "consensus.k=2"):
+        args += ["--set", item]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while _count(progress_path(out), "SELECT COUNT(*) FROM generations WHERE created > ?", 0) < 1:
+        assert proc.poll() is None and time.monotonic() < deadline, "no generation stored before Ctrl-C"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3 and "re-run the same command to continue" in err, err[-2000:]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = dataset(out)
+    assert len(rows["default"]) + len(rows["dropped"]) == 6
+    assert not any(r["drop_reason"] == "generation_failed" for r in rows["dropped"])
