@@ -61,7 +61,12 @@ def main() -> None:
                 tokens += sum(out[0].tokens)
             if row["chains"]:
                 prompt = recipe.consensus.answer_prompt.format(question=row["question"])
-                out = generate(llm, [prompt], recipe.consensus.k, [derive_seed(seed, "answer", row["question"])])
+                out = generate(
+                    llm,
+                    [prompt],
+                    recipe.consensus.k,
+                    [derive_seed(seed, "answer", row["question"], row["bait_call"], row["bait_sample"])],
+                )
                 tokens += sum(out[0].tokens)
         raw_time = time.perf_counter() - start
 

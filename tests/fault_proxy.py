@@ -24,9 +24,10 @@ class FaultProxy:
     Args:
         upstream: the real server's base URL, e.g. http://127.0.0.1:8000/v1.
         faults: actions for successive chat requests ("ok", "500", "hang", "garbage", "drop"); then all ok.
+        hang_seconds: how long a "hang" holds the request unanswered (longer than the client's timeout).
     """
 
-    def __init__(self, upstream: str, faults: list[str] | None = None) -> None:
+    def __init__(self, upstream: str, faults: list[str] | None = None, hang_seconds: float = 50.0) -> None:
         self.upstream = upstream.rstrip("/")
         self.faults = list(faults or [])
         self.down = False
@@ -37,6 +38,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
+        self._server.hang_seconds = hang_seconds  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -108,7 +110,7 @@ class FaultProxy:
                         self.connection.shutdown(2)
                         return None
                     if fault == "hang":
-                        time.sleep(30)
+                        time.sleep(self.server.hang_seconds)  # type: ignore[attr-defined]
                         return None
                     upstream = requests.post(
                         proxy.upstream + self.path.removeprefix("/v1"),

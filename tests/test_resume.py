@@ -116,7 +116,8 @@ def test_transient_faults_are_retried_and_the_run_completes(llamacpp_server: str
     want, _ = reference
     proxy = FaultProxy(llamacpp_server, faults=["500", "drop", "ok", "hang", "500"]).start()
     try:
-        result = run_recipe(load_recipe(openai_recipe(proxy.url, tmp_path / "run", timeout=3, max_retries=3)))
+        # the client timeout must exceed a real request queued behind others at the one-at-a-time server
+        result = run_recipe(load_recipe(openai_recipe(proxy.url, tmp_path / "run", timeout=45, max_retries=3)))
     finally:
         proxy.stop()
     assert result.complete, result.message
@@ -131,7 +132,7 @@ def test_a_server_that_stays_down_stops_the_run_cleanly_and_the_rerun_finishes(
     proxy = FaultProxy(llamacpp_server, faults=["ok"] * 6 + ["garbage"]).start()
     out = tmp_path / "run"
     try:
-        first = run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=5, max_retries=1)))
+        first = run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=60, max_retries=1)))
         assert not first.complete and "re-run the same command" in first.message
         assert first.summary.dropped.get("generation_failed", 0) > 0
         assert (out / "crescent_run.json").is_file() and (out / "default").is_dir()  # saved, marked incomplete
@@ -141,9 +142,9 @@ def test_a_server_that_stays_down_stops_the_run_cleanly_and_the_rerun_finishes(
         from crescent_distilabel.backends import BackendError
 
         with pytest.raises(BackendError, match=proxy.url.replace(".", r"\.")):
-            run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=5, max_retries=1)))
+            run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=60, max_retries=1)))
         proxy.down = False
-        second = run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=5, max_retries=1)))
+        second = run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=60, max_retries=1)))
     finally:
         proxy.stop()
     assert second.complete and second.resumed and second.reused_generations == stored

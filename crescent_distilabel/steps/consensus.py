@@ -157,7 +157,11 @@ class Consensus(Task):
         rows = [{**row, **empty, "drop_reason": row.get("drop_reason")} for row in inputs]
         live = [i for i, row in enumerate(rows) if row["drop_reason"] is None and row.get("question")]
         prompts = [self.answer_template.format(question=rows[i]["question"]) for i in live]
-        seeds = [derive_seed(self.seed, "answer", rows[i]["question"]) for i in live]
+        # the bait sample's identity too, so repeated questions (no-diversification ablation) get fresh samples
+        seeds = [
+            derive_seed(self.seed, "answer", rows[i]["question"], rows[i].get("bait_call"), rows[i].get("bait_sample"))
+            for i in live
+        ]
         try:
             if live and aborted(self._store):
                 raise BackendFailure("an earlier batch failed; no more LLM calls in this run")
