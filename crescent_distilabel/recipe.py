@@ -151,18 +151,21 @@ class Recipe(_Section):
         """Every setting that changes results, flattened (``consensus.k``: 3, ...); not where results are
         written, how a server is reached, nor batch sizes that do not change results."""
         flat = _flatten(self.model_dump(mode="json"))
-        return {
-            key: value
-            for key, value in flat.items()
-            if key.rsplit(".", 1)[-1] not in _OPERATIONAL or key.startswith("diversify.batch_size")
-        }
+        return {key: value for key, value in flat.items() if not _operational(key)}
 
     def fingerprint(self) -> str:
         """A hash of :meth:`result_settings`: equal fingerprints mean a run can be resumed with this recipe."""
         return hashlib.sha256(json.dumps(self.result_settings(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-_OPERATIONAL = {"name", "output_dir", "base_url", "api_key_env", "timeout", "max_retries", "n_threads", "batch_size"}
+_OPERATIONAL = {"name", "output_dir", "consensus.batch_size"}  # answers are seeded per question, not per batch
+_OPERATIONAL_MODEL_KEYS = {"base_url", "api_key_env", "timeout", "max_retries", "n_threads"}
+
+
+def _operational(key: str) -> bool:
+    """Settings that say where results go or how a model is reached, not what the results are."""
+    section, _, name = key.partition(".")
+    return key in _OPERATIONAL or (section in ("question_model", "answer_model") and name in _OPERATIONAL_MODEL_KEYS)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -65,10 +65,13 @@ def generate(
     flight.
 
     Raises:
-        BackendFailure: the backend failed after its own retries (results that arrived are stored).
+        BackendFailure: the backend failed after its own retries (results that arrived are stored, and the
+            failure is recorded so later batches make no LLM call), or an earlier batch had failed.
     """
     if not prompts:
         return []
+    if aborted(store):
+        raise BackendFailure("an earlier batch failed; no more LLM calls in this run")
     kwargs = llm.get_generation_kwargs()
     seeded = seeds is not None and _takes(llm.generate, "seeds")
     keys: list[str | None] = [None] * len(prompts)
@@ -98,7 +101,9 @@ def generate(
             for i, output in zip(todo, outputs):
                 done(i, output)
     except Exception as err:
-        raise BackendFailure(f"{type(err).__name__}: {err}") from err
+        failure = BackendFailure(f"{type(err).__name__}: {err}")
+        record_failure(store, stage, failure)
+        raise failure from err
     return [
         r if r is not None else Samples([None] * num_generations, [0] * num_generations, [False] * num_generations)
         for r in results
@@ -167,7 +172,7 @@ def aborted(store: ProgressStore | None) -> bool:
     return store is not None and store.get_state(ABORT) is not None
 
 
-def record_failure(store: ProgressStore | None, step: str, err: BackendFailure) -> None:
+def record_failure(store: ProgressStore | None, stage: str, err: BackendFailure) -> None:
     """Remember the first backend failure so the run stops cleanly and tells the user to re-run."""
     if store is not None and store.get_state(ABORT) is None:
-        store.set_state(ABORT, f"step '{step}': {err}")
+        store.set_state(ABORT, f"{stage or 'generation'}: {err}")

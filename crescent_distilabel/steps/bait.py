@@ -11,10 +11,8 @@ from crescent_distilabel.prompts import BAIT_PROMPT
 from crescent_distilabel.steps._llm import (
     BackendFailure,
     Samples,
-    aborted,
     generate,
     open_store,
-    record_failure,
     user_turn,
 )
 from crescent_distilabel.store import ProgressStore
@@ -122,17 +120,15 @@ class BaitPrompting(GeneratorTask):
         for start in range(first_call, self.num_calls, calls_per_batch):
             calls = range(start, min(start + calls_per_batch, self.num_calls))
             seeds = [derive_seed(self.seed, "bait", call) for call in calls]
-            failed = aborted(self._store)
-            if not failed:
-                try:
-                    results = generate(
-                        self.llm, [self.bait_prompt] * len(calls), self.samples_per_call, seeds,
-                        store=self._store, stage="bait",
-                    )  # fmt: skip
-                except BackendFailure as err:
-                    self._logger.warning(f"bait calls {calls.start}-{calls.stop - 1} failed: {err}")
-                    record_failure(self._store, self.name, err)
-                    failed = True
+            failed = False
+            try:
+                results = generate(
+                    self.llm, [self.bait_prompt] * len(calls), self.samples_per_call, seeds,
+                    store=self._store, stage="bait",
+                )  # fmt: skip
+            except BackendFailure as err:
+                self._logger.warning(f"bait calls {calls.start}-{calls.stop - 1} failed: {err}")
+                failed = True
             if failed:
                 n = self.samples_per_call
                 results = [Samples([None] * n, [0] * n, [False] * n) for _ in calls]

@@ -12,10 +12,8 @@ from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import ANSWER_TEMPLATE, check_template
 from crescent_distilabel.steps._llm import (
     BackendFailure,
-    aborted,
     generate,
     open_store,
-    record_failure,
     user_turn,
 )
 from crescent_distilabel.store import ProgressStore
@@ -163,11 +161,8 @@ class Consensus(Task):
             for i in live
         ]
         try:
-            if live and aborted(self._store):
-                raise BackendFailure("an earlier batch failed; no more LLM calls in this run")
             answers = generate(self.llm, prompts, self.num_answers, seeds, store=self._store, stage="answer")
-        except BackendFailure as err:
-            record_failure(self._store, self.name, err)
+        except BackendFailure:
             for i in live:
                 rows[i]["drop_reason"] = "generation_failed"
             answers = []

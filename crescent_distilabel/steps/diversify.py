@@ -24,10 +24,8 @@ from crescent_distilabel.similarity import (
 )
 from crescent_distilabel.steps._llm import (
     BackendFailure,
-    aborted,
     generate,
     open_store,
-    record_failure,
     user_turn,
 )
 from crescent_distilabel.store import ProgressStore
@@ -222,11 +220,8 @@ class Diversify(Task):
             ]
             seeds = [derive_seed(self.seed, "rewrite", rows[i]["question"], rows[i]["rewrites"]) for i in to_rewrite]
             try:
-                if aborted(self._store):
-                    raise BackendFailure("an earlier batch failed; no more LLM calls in this run")
                 rewrites = generate(self.llm, prompts, 1, seeds, store=self._store, stage="rewrite")
-            except BackendFailure as err:
-                record_failure(self._store, self.name, err)
+            except BackendFailure:
                 for i in to_rewrite:
                     rows[i]["drop_reason"] = "generation_failed"
                 break
