@@ -17,23 +17,65 @@ def agreement_histogram(agreements: list[float | None]) -> dict[str, int]:
     return {f"{a:.2f}": n for a, n in sorted(counts.items())}
 
 
-def dataset_card(recipe: Recipe, summary: dict[str, Any], kept_agreements: list[float | None]) -> str:
-    """A Hub dataset card (README.md) for a run's Distiset."""
+CONFIG_DESCRIPTIONS = {
+    "default": "the kept question-answer pairs; `messages` is the SFT view (user question, assistant chain).",
+    "dropped": "every other sample, with its `drop_reason` (the intermediate stages: raw and original questions, "
+    "rewrites, all k chains and votes).",
+    "reviewed": "the kept pairs after human review in Argilla: rejected ones removed, corrections applied, "
+    "reviewer verdicts in the `review_*` columns.",
+    "review_rejected": "pairs the reviewers rejected, with their verdicts.",
+}
+
+
+def data_path(config: str, hub: bool) -> str:
+    """Where a config's train split lives: Arrow shards on disk (``save_to_disk``) or Parquet on the Hub."""
+    return f"{config}/train-*.parquet" if hub else f"{config}/train/*.arrow"
+
+
+def models_in(rows: Any) -> tuple[str | None, str | None]:
+    """(question model, answer model) as recorded in a Dataset's ``model_name``/``answer_model`` columns."""
+    names = rows.column_names if len(rows) else []
+    question = rows[0]["model_name"] if "model_name" in names else None
+    answer = rows[0]["answer_model"] if "answer_model" in names else None
+    return question, answer
+
+
+def dataset_card(
+    recipe: Recipe,
+    summary: dict[str, Any],
+    kept_agreements: list[float | None],
+    *,
+    configs: tuple[str, ...] = ("default", "dropped"),
+    hub: bool = False,
+    review: dict[str, Any] | None = None,
+    decontamination: dict[str, Any] | None = None,
+    models: tuple[str | None, str | None] = (None, None),
+) -> str:
+    """A Hub dataset card (README.md) for a run's Distiset: settings, counts, agreement, review, citation.
+
+    Args:
+        configs: the configs the card lists (in its YAML header, so ``load_dataset`` finds them).
+        hub: paths for the Hub's Parquet layout instead of the local Arrow one.
+        review: an :class:`~crescent_distilabel.review.AccuracyReport` as a dict, once reviews came back.
+        decontamination: benchmark overlap results, when a decontamination was run.
+        models: the models that actually wrote the questions and answers (from the data), which differ from
+            the recipe's when a Python caller passed its own LLMs.
+    """
     meta = {
         "tags": ["synthetic", "distilabel", "crescent", "self-improvement", "math"],
         "configs": [
-            {"config_name": "default", "data_files": [{"split": "train", "path": "default/train/*.arrow"}]},
-            {"config_name": "dropped", "data_files": [{"split": "train", "path": "dropped/train/*.arrow"}]},
+            {"config_name": c, "data_files": [{"split": "train", "path": data_path(c, hub)}]} for c in configs
         ],
     }
+    listed = "\n".join(f"- `{c}`: {CONFIG_DESCRIPTIONS.get(c, '')}" for c in configs)
     q = recipe.question_model
     a = recipe.answer_model or q
     d, c = recipe.diversify, recipe.consensus
     s = recipe.sampling
     rows = {
         "preset": recipe.preset,
-        "question model": f"{q.backend}: {q.model}",
-        "answer model": f"{a.backend}: {a.model}",
+        "question model": models[0] or f"{q.backend}: {q.model}",
+        "answer model": models[1] or f"{a.backend}: {a.model}",
         "sampling": f"temperature {s.temperature}, top_p {s.top_p}, max_new_tokens {s.max_new_tokens}",
         "bait calls x samples per call": f"{recipe.bait.num_calls} x {recipe.bait.samples_per_call}",
         "diversification": "on" if d.enabled else "off (ablation)",
@@ -59,8 +101,7 @@ Questions and answers written by a chat model with no seed data, teacher or labe
 self-deduplication, and majority-vote consensus. Made with
 [crescent-distilabel](https://github.com/crescent-distilabel/crescent-distilabel) on distilabel.
 
-- `default`: the kept question-answer pairs; `messages` is the SFT view (user question, assistant chain).
-- `dropped`: every other sample, with its `drop_reason`.
+{listed}
 
 ## CRESCENT settings
 
@@ -94,10 +135,49 @@ Agreement of kept answers (winner votes / k):
 
 Token usage: {summary["question_tokens"]} question, {summary["rewrite_tokens"]} rewrite and
 {summary["answer_tokens"]} answer tokens; {summary["wall_time_s"]:.0f} s wall time.
-
+{_review_section(review)}{_decontamination_section(decontamination)}
 ## Citation
 
 ```bibtex
 {CITATION}
 ```
+"""
+
+
+def _review_section(review: dict[str, Any] | None) -> str:
+    if not review:
+        return ""
+    from crescent_distilabel.review import AccuracyReport, Estimate
+
+    report = AccuracyReport(
+        overall=Estimate(**review["overall"]),
+        by_agreement={k: Estimate(**v) for k, v in review["by_agreement"].items()},
+        reviewed=review["reviewed"],
+        rejected_questions=review["rejected_questions"],
+        rows=review["rows"],
+        statuses=review.get("statuses", {}),
+    )
+    statuses = ", ".join(f"{k}: {v}" for k, v in sorted(report.statuses.items()))
+    return f"""
+## Human review (Argilla)
+
+{report.reviewed} of {report.rows} kept pairs were reviewed; {report.rejected_questions} questions were judged
+not well-posed. Reviewed accuracy of the consensus answers (95% Wilson intervals), by agreement level:
+
+{report.table()}
+
+Review outcome per pair: {statuses}.
+"""
+
+
+def _decontamination_section(decontamination: dict[str, Any] | None) -> str:
+    if not decontamination:
+        return ""
+    rows = "\n".join(f"| {k} | {v} |" for k, v in decontamination.items())
+    return f"""
+## Decontamination
+
+| check | result |
+|---|---|
+{rows}
 """

@@ -8,7 +8,7 @@ rows into the ``default`` config (the kept question-answer pairs, SFT-ready) and
 from __future__ import annotations
 
 import json
-import os
+import logging
 import platform
 import shutil
 import time
@@ -21,21 +21,25 @@ from distilabel.pipeline import Pipeline
 from distilabel.steps import StepResources
 
 from crescent_distilabel.backends import build_llm
-from crescent_distilabel.card import dataset_card
+from crescent_distilabel.card import dataset_card, models_in
 from crescent_distilabel.cleaning import DROP_REASONS
 from crescent_distilabel.embeddings import SentenceEmbeddings
 from crescent_distilabel.recipe import Recipe, changed_settings, dump_recipe
+from crescent_distilabel.run_dir import RUN_FILE, STATE_DIR, atomic_write, save_config
 from crescent_distilabel.steps import BaitPrompting, Consensus, Diversify
 from crescent_distilabel.steps._llm import ABORT
 from crescent_distilabel.store import ProgressStore
+
+logger = logging.getLogger("crescent_distilabel")
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from distilabel.distiset import Distiset
     from distilabel.models.llms.base import LLM
 
-RUN_FILE = "crescent_run.json"
-STATE_DIR = ".crescent"
+    from crescent_distilabel.argilla_io import PushResult
+    from crescent_distilabel.hub import PublishResult
+
 CONSENSUS_REASONS = ("no_answer", "tie", "low_agreement")
 
 
@@ -207,6 +211,9 @@ class RunResult:
     Attributes:
         complete: every bait call went through every stage; False after a backend failure or an interrupt.
         message: for an incomplete run, what happened and what to do.
+        published: the Hub commit, when the recipe's ``publish.hub_repo`` is set.
+        review_push: the Argilla push, when the recipe's ``publish.argilla_dataset`` is set.
+        publish_errors: what went wrong publishing (the local dataset is complete regardless).
         resumed: the run continued an earlier one in the same output_dir.
         reused_generations: generations found in the progress store when the run started.
         new_generations: LLM requests this run made and stored.
@@ -220,6 +227,9 @@ class RunResult:
     resumed: bool = False
     reused_generations: int = 0
     new_generations: int = 0
+    published: PublishResult | None = None
+    review_push: PushResult | None = None
+    publish_errors: list[str] = field(default_factory=list)
 
 
 class RecipeChangedError(ValueError):
@@ -265,13 +275,6 @@ def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool) -> boo
     # distilabel's own cache cannot resume and a killed run can leave a broken one (upstream #1065)
     shutil.rmtree(output_dir / ".distilabel", ignore_errors=True)
     return resumed
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write a file so a reader (or a killed writer) never leaves half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_recipe(
@@ -331,7 +334,7 @@ def run_recipe(
     distiset.log_filename_path = raw.log_filename_path
     save_distiset(distiset, output_dir)
     agreements = kept["agreement"] if "agreement" in kept.column_names else []
-    atomic_write(output_dir / "README.md", dataset_card(recipe, summary.to_dict(), agreements))
+    atomic_write(output_dir / "README.md", dataset_card(recipe, summary.to_dict(), agreements, models=models_in(kept)))
     atomic_write(output_dir / "recipe.yaml", dump_recipe(recipe))
     result = RunResult(
         distiset, summary, output_dir, complete, message, resumed, before, store.count_generations() - before
@@ -339,19 +342,47 @@ def run_recipe(
     atomic_write(output_dir / RUN_FILE, json.dumps(run_record(recipe, result), indent=2) + "\n")
     store.close()
     shutil.rmtree(output_dir / ".distilabel", ignore_errors=True)
+    if complete:
+        publish_outputs(recipe, result)
     return result
+
+
+def publish_outputs(recipe: Recipe, result: RunResult) -> None:
+    """The recipe's ``publish`` section, after the dataset is safely on disk: a failure is recorded in
+    ``result.publish_errors`` with the command that retries it, never raised (nothing generated is lost)."""
+    from crescent_distilabel.argilla_io import ArgillaError, push_run
+    from crescent_distilabel.hub import HubError, publish
+
+    cfg, out = recipe.publish, result.output_dir
+    if cfg.hub_repo:
+        try:
+            result.published = publish(
+                out, cfg.hub_repo, private=cfg.private, include_dropped=cfg.include_dropped, exist_ok=cfg.exist_ok
+            )
+        except HubError as err:
+            result.publish_errors.append(f"{err}. Retry with: crescent publish {out} {cfg.hub_repo}")
+    if cfg.argilla_dataset:
+        try:
+            result.review_push = push_run(
+                out,
+                cfg.argilla_dataset,
+                cfg.argilla_workspace,
+                api_url=cfg.argilla_api_url,
+                sample=cfg.review_sample,
+                strategy=cfg.review_strategy,
+            )
+        except ArgillaError as err:
+            retry = f"crescent review push {out} --dataset-name {cfg.argilla_dataset}"
+            result.publish_errors.append(f"{err}. Retry with: {retry}")
+    for error in result.publish_errors:
+        logger.error(error)
 
 
 def save_distiset(distiset: Distiset, output_dir: Path) -> None:
     """``Distiset.save_to_disk`` without its card (which needs a non-empty sample of every config; ours is
     written separately), and with empty configs saved as one shard so ``load_from_disk`` can read them."""
     for name, dataset_dict in distiset.items():
-        num_shards = {split: 1 for split, ds in dataset_dict.items() if len(ds) == 0} or None
-        tmp = output_dir / STATE_DIR / f"saving-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        dataset_dict.save_to_disk(str(tmp), num_shards=num_shards)
-        shutil.rmtree(output_dir / name, ignore_errors=True)  # replaced whole: never half old, half new
-        os.replace(tmp, output_dir / name)
+        save_config(output_dir, name, dataset_dict["train"])
     configs = output_dir / "distiset_configs"
     configs.mkdir(exist_ok=True)
     for path in (distiset.pipeline_path, distiset.log_filename_path):

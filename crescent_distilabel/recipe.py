@@ -104,6 +104,24 @@ class ConsensusConfig(_Section):
         return value
 
 
+class PublishConfig(_Section):
+    """After a complete run: publish to the Hub and/or push for review in Argilla (never changes results).
+
+    Tokens are never recipe keys: the Hub token comes from ``HF_TOKEN`` or ``hf auth login``, the Argilla key
+    from ``ARGILLA_API_KEY``.
+    """
+
+    hub_repo: str | None = Field(None, description="namespace/name of a Hub dataset repo; None: do not publish")
+    private: bool = False
+    include_dropped: bool = False
+    exist_ok: bool = Field(False, description="publish a new revision of an existing repo")
+    argilla_dataset: str | None = Field(None, description="Argilla dataset for review; None: do not push")
+    argilla_workspace: str | None = None
+    argilla_api_url: str | None = Field(None, description="default: $ARGILLA_API_URL")
+    review_sample: PositiveInt | None = Field(None, description="push this many pairs; None: all")
+    review_strategy: Literal["stratified", "random"] = "stratified"
+
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "crescent": {},
     # The released scripts: one rewrite round accepted unchecked, every question kept whatever its votes,
@@ -133,6 +151,7 @@ class Recipe(_Section):
     bait: BaitConfig = Field(default_factory=BaitConfig)
     diversify: DiversifyConfig = Field(default_factory=DiversifyConfig)
     consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -165,7 +184,9 @@ _OPERATIONAL_MODEL_KEYS = {"base_url", "api_key_env", "timeout", "max_retries", 
 def _operational(key: str) -> bool:
     """Settings that say where results go or how a model is reached, not what the results are."""
     section, _, name = key.partition(".")
-    return key in _OPERATIONAL or (section in ("question_model", "answer_model") and name in _OPERATIONAL_MODEL_KEYS)
+    if key in _OPERATIONAL or section == "publish":
+        return True
+    return section in ("question_model", "answer_model") and name in _OPERATIONAL_MODEL_KEYS
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -79,3 +79,45 @@ def llamacpp_server(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# A small finished run with known answers and agreements, made by the real pipeline around scripted FakeLLMs
+# (fast and exact); publishing and review tests copy it. The real-model path is in test_end_to_end.py.
+REVIEW_QUESTIONS = {
+    "apples": ("Tom has 3 apples and buys 5 more. How many apples does Tom have now?", ["8", "8", "8"]),
+    "train": ("A train travels 60 km per hour for 3 hours. How far does it travel?", ["180", "180", "170"]),
+    "rectangle": ("A rectangle is 8 cm long and 5 cm wide. What is its area in square cm?", ["40", "40", "40"]),
+    "pencil": ("A pencil costs $2. How much do 7 pencils cost in dollars?", ["14", "14", "15"]),
+    "cookies": ("A baker makes 24 cookies and packs them in boxes of 6. How many boxes does she fill?", ["4"] * 3),
+    "pages": ("Sara reads 15 pages a day. How many pages does she read in 4 days?", ["60", "60", "50"]),
+}
+
+
+@pytest.fixture(scope="session")
+def review_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run: 6 kept pairs, agreement 1.00 (3) and 0.67 (3), 1 dropped; copy it before changing it."""
+    from fakes import FakeLLM
+
+    from crescent_distilabel import load_recipe, run_recipe
+
+    out = tmp_path_factory.mktemp("review_run") / "run"
+    questions = [q for q, _ in REVIEW_QUESTIONS.values()] + ["I love inventing unique and diverse problems!"]
+    answers = {key: [f"Let me think step by step.\n#### Answer: {a}" for a in ans] for key, (_, ans) in
+               REVIEW_QUESTIONS.items()}  # fmt: skip
+    recipe = load_recipe(
+        {"name": "crescent-review-test", "output_dir": str(out), "bait": {"num_calls": 1, "samples_per_call": 7}}
+    )
+    result = run_recipe(
+        recipe, question_llm=FakeLLM(rules={"creativity": questions}), answer_llm=FakeLLM(rules=answers)
+    )
+    assert result.complete and result.summary.kept == 6, result.summary
+    return out
+
+
+@pytest.fixture
+def run_copy(review_run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(review_run, target)
+    return target
