@@ -159,6 +159,14 @@ def _workspace(client: rg.Argilla, workspace: str | None) -> str:
     return workspace
 
 
+def _find(client: rg.Argilla, name: str, workspace: str) -> rg.Dataset | None:
+    import warnings
+
+    with warnings.catch_warnings():  # the SDK warns when a dataset does not exist yet: expected here
+        warnings.simplefilter("ignore", UserWarning)
+        return client.datasets(name=name, workspace=workspace)
+
+
 def get_or_create_dataset(
     client: rg.Argilla, name: str, workspace: str | None, vector_dimensions: int | None
 ) -> rg.Dataset:
@@ -166,7 +174,7 @@ def get_or_create_dataset(
     import argilla as rg
 
     ws = _workspace(client, workspace)
-    dataset = client.datasets(name=name, workspace=ws)
+    dataset = _find(client, name, ws)
     if dataset is not None:
         questions = {q.name for q in dataset.settings.questions}
         if not {WELL_POSED, CORRECT} <= questions or "question" not in {f.name for f in dataset.settings.fields}:
@@ -222,7 +230,7 @@ def push_for_review(
 def pull_reviews(client: rg.Argilla, dataset_name: str, workspace: str | None = None) -> dict[str, Review]:
     """Every record's submitted responses, aggregated per record id (drafts and discarded ones are ignored)."""
     ws = _workspace(client, workspace)
-    dataset = client.datasets(name=dataset_name, workspace=ws)
+    dataset = _find(client, dataset_name, ws)
     if dataset is None:
         raise ArgillaError(f"no Argilla dataset named {dataset_name!r} in workspace {ws!r}; push it first")
     reviews: dict[str, Review] = {}

@@ -32,12 +32,14 @@ def data_path(config: str, hub: bool) -> str:
     return f"{config}/train-*.parquet" if hub else f"{config}/train/*.arrow"
 
 
-def models_in(rows: Any) -> tuple[str | None, str | None]:
-    """(question model, answer model) as recorded in a Dataset's ``model_name``/``answer_model`` columns."""
-    names = rows.column_names if len(rows) else []
-    question = rows[0]["model_name"] if "model_name" in names else None
-    answer = rows[0]["answer_model"] if "answer_model" in names else None
-    return question, answer
+def models_in(*datasets: Any) -> tuple[str | None, str | None]:
+    """(question model, answer model) as recorded in the ``model_name``/``answer_model`` columns of the data."""
+    found: dict[str, str | None] = {"model_name": None, "answer_model": None}
+    for rows in datasets:
+        for column in found:
+            if found[column] is None and column in rows.column_names:
+                found[column] = next((name for name in rows[column] if name), None)
+    return found["model_name"], found["answer_model"]
 
 
 def dataset_card(

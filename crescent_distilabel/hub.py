@@ -134,6 +134,12 @@ def publish(
         or (c == "dropped" and include_dropped)
         or (c in ("reviewed", "review_rejected") and include_reviewed)
     ]
+    datasets = {config: run.load(config) for config in configs}
+    configs = [c for c in configs if len(datasets[c])]  # an empty split cannot be loaded back from Parquet
+    if not configs:
+        raise HubError(
+            f"{output_dir} kept no pairs: nothing to publish (pass --include-dropped to publish the dropped samples)"
+        )
     api, token = _api(token)
     try:
         api.whoami()
@@ -158,8 +164,6 @@ def publish(
     except Exception as err:
         raise _explain(err, f"create {repo_id}") from None
 
-    datasets = {config: run.load(config) for config in configs}
-    configs = [c for c in configs if len(datasets[c])]  # an empty split cannot be loaded back from Parquet
     rows: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="crescent-publish-") as tmp:
         operations: list = []

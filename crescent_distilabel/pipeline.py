@@ -334,7 +334,7 @@ def run_recipe(
     distiset.log_filename_path = raw.log_filename_path
     save_distiset(distiset, output_dir)
     agreements = kept["agreement"] if "agreement" in kept.column_names else []
-    atomic_write(output_dir / "README.md", dataset_card(recipe, summary.to_dict(), agreements, models=models_in(kept)))
+    atomic_write(output_dir / "README.md", dataset_card(recipe, summary.to_dict(), agreements, models=models_in(rows)))
     atomic_write(output_dir / "recipe.yaml", dump_recipe(recipe))
     result = RunResult(
         distiset, summary, output_dir, complete, message, resumed, before, store.count_generations() - before

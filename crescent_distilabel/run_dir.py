@@ -101,7 +101,7 @@ class RunDir:
             hub=hub,
             review=self.report(REVIEW_REPORT),
             decontamination=self.report(DECONTAMINATION),
-            models=models_in(kept),
+            models=models_in(*(self.load(c) for c in self.configs())),
         )
 
     def write_card(self) -> None:

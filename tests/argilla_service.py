@@ -169,9 +169,12 @@ class ArgillaServer:
         self.processes.clear()
 
 
-if __name__ == "__main__":  # start one by hand: python tests/argilla_service.py
+if __name__ == "__main__":  # start one by hand: python tests/argilla_service.py [--install-only]
     import tempfile
 
+    if "--install-only" in sys.argv:
+        print(ensure_server_venv())
+        sys.exit(0)
     server = ArgillaServer(Path(tempfile.mkdtemp(prefix="argilla-")))
     t0 = time.monotonic()
     server.start()

