@@ -135,3 +135,31 @@ def argilla_server(tmp_path_factory: pytest.TempPathFactory):
         pytest.fail(str(err))
     yield server
     server.stop()
+
+
+ALICE, BOB = "hf_alice_write_token_1234567890", "hf_bob_token_0987654321"  # tokens the fake Hub accepts
+
+
+@pytest.fixture
+def hub():
+    """A FAKE Hugging Face Hub (tests/fake_hub.py) on 127.0.0.1 with users alice and bob."""
+    from fake_hub import FakeHub
+
+    fake = FakeHub({ALICE: "alice", BOB: "bob"})
+    fake.url = fake.start()
+    yield fake
+    fake.stop()
+    assert not fake.unknown_routes, fake.unknown_routes
+
+
+def hub_env(hub, tmp_path: Path, token: str | None = ALICE) -> dict[str, str]:
+    """A user's environment pointing the real clients at the fake Hub (HF_HOME isolates login and cache)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    home = tmp_path / f"hf_home_{(token or 'anonymous')[:8]}"  # each user has their own login and cache
+    # explicit "0", so merging this into another test's environment also turns offline mode off
+    env.update(
+        HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(home), HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0"
+    )
+    if token:
+        env["HF_TOKEN"] = token
+    return env

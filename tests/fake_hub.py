@@ -126,6 +126,17 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return repo
 
+    def _snapshot(self, kind: str, repo_id: str, rev: str | None) -> tuple[FakeRepo, dict[str, Any]] | None:
+        """(repo, commit) for a readable revision, or None after answering 404."""
+        repo = self._repo(kind, repo_id)
+        if repo is None:
+            return None
+        snap = repo.snapshot(rev)
+        if snap is None:
+            self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+            return None
+        return repo, snap
+
     def _route(self) -> None:
         url = urlparse(self.path)
         path, query = unquote(url.path), parse_qs(url.query)
@@ -175,12 +186,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def info(self, query: dict, kind: str, repo: str, rev: str | None = None) -> None:
-        found = self._repo(kind[:-1], repo)
-        if found is None:
+        located = self._snapshot(kind[:-1], repo, rev)
+        if located is None:
             return None
-        snap = found.snapshot(rev)
-        if snap is None:
-            return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        found, snap = located
         siblings = [{"rfilename": p} for p in sorted(snap["files"])]
         self._send(200, {"id": repo, "_id": repo, "sha": snap["oid"], "private": found.private, "siblings": siblings,
                          "tags": [], "downloads": 0, "likes": 0, "gated": False, "disabled": False,
@@ -285,12 +294,10 @@ class _Handler(BaseHTTPRequestHandler):
         return entry
 
     def tree(self, query: dict, kind: str, repo: str, rev: str, path: str = "") -> None:
-        found = self._repo(kind[:-1], repo)
-        if found is None:
+        located = self._snapshot(kind[:-1], repo, rev)
+        if located is None:
             return None
-        snap = found.snapshot(rev)
-        if snap is None:
-            return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        _, snap = located
         recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
         entries = self._entries(snap, [path], recursive)
         if path and not entries:
@@ -298,12 +305,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, entries)
 
     def paths_info(self, query: dict, kind: str, repo: str, rev: str) -> None:
-        found = self._repo(kind[:-1], repo)
-        if found is None:
+        located = self._snapshot(kind[:-1], repo, rev)
+        if located is None:
             return None
-        snap = found.snapshot(rev)
-        if snap is None:
-            return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        _, snap = located
         raw = self._body().decode()
         ctype = self.headers.get("Content-Type", "")
         paths = json.loads(raw)["paths"] if "json" in ctype else parse_qs(raw).get("paths", [])
@@ -317,12 +322,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, out)
 
     def resolve(self, query: dict, prefix: str, repo: str, rev: str, path: str) -> None:
-        found = self._repo("dataset" if prefix == "datasets/" else "model", repo)
-        if found is None:
+        located = self._snapshot("dataset" if prefix == "datasets/" else "model", repo, rev)
+        if located is None:
             return None
-        snap = found.snapshot(rev)
-        if snap is None:
-            return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        _, snap = located
         if path not in snap["files"]:
             return self._error(404, f"Entry not found: {path}", "EntryNotFound")
         sha = snap["files"][path]

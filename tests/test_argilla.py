@@ -18,7 +18,7 @@ import argilla as rg
 import pytest
 import requests
 from argilla.records._resource import Record
-from conftest import REVIEW_QUESTIONS
+from conftest import REVIEW_QUESTIONS, hub_env
 from datasets import load_from_disk
 
 _names = itertools.count()
@@ -84,7 +84,7 @@ def tree_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def test_push_review_pull_round_trip(argilla_server, run_copy: Path, tmp_path: Path) -> None:
+def test_push_review_pull_round_trip(argilla_server, hub, run_copy: Path, tmp_path: Path) -> None:
     name = unique("crescent-review")
     env = env_for(argilla_server)
     pushed = crescent(env, "review", "push", str(run_copy), "--dataset-name", name)
@@ -148,6 +148,21 @@ def test_push_review_pull_round_trip(argilla_server, run_copy: Path, tmp_path: P
     card = (run_copy / "README.md").read_text()
     assert "## Human review (Argilla)" in card and "config_name: reviewed" in card
     assert load_from_disk(str(run_copy / "default"))["train"].num_rows == 6  # the original data is kept as is
+
+    # ... and the reviewed dataset goes to the Hub as its own config (the real clients, the FAKE Hub)
+    both = {**env, **hub_env(hub, tmp_path)}
+    published = crescent(both, "review", "pull", str(run_copy), "--dataset-name", name, "--push-to-hub", "alice/rv")
+    assert published.returncode == 0, published.stderr[-3000:]
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import json; from datasets import load_dataset; "
+         "print(json.dumps(load_dataset('alice/rv', 'reviewed', split='train').to_list()))"],
+        env=both, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert json.loads(loaded.stdout.strip().splitlines()[-1]) == reviewed
+    card = hub.file("dataset", "alice/rv", "README.md").decode()
+    assert "config_name: reviewed" in card and "| all | 5 | 3 | 60.0% |" in card
+    assert argilla_server.api_key.encode() not in hub.all_bytes()
 
 
 def test_stratified_sample_covers_every_agreement_level(argilla_server, run_copy: Path) -> None:

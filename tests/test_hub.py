@@ -8,36 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ALICE, BOB, hub_env
 from datasets import load_from_disk
 from fake_hub import FakeHub
-
-ALICE, BOB = "hf_alice_write_token_1234567890", "hf_bob_token_0987654321"
-
-
-@pytest.fixture
-def hub():
-    fake = FakeHub({ALICE: "alice", BOB: "bob"})
-    fake.url = fake.start()
-    yield fake
-    fake.stop()
-    assert not fake.unknown_routes, fake.unknown_routes
-
-
-def hub_env(hub: FakeHub, tmp_path: Path, token: str | None = ALICE) -> dict[str, str]:
-    """A user's environment pointing the real clients at the fake Hub (HF_HOME isolates the login cache)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    home = tmp_path / f"hf_home_{(token or 'anonymous')[:8]}"  # each user has their own login and cache
-    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(home))
-    if token:
-        env["HF_TOKEN"] = token
-    return env
 
 
 def crescent(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
