@@ -39,3 +39,12 @@ def check_template(template: str, fields: tuple[str, ...]) -> None:
             f"prompt template has a placeholder other than {fields} (escape literal braces as '{{{{' "
             f"and '}}}}'): {err}"
         ) from None
+
+
+def sft_views(question: str, chain: str) -> dict[str, list[dict[str, str]]]:
+    """The training views of one kept pair: ``messages`` (the user asks the bare question, as in the released
+    data) and the same turns split into TRL's ``prompt``/``completion``, which makes ``trl sft`` compute the loss
+    on the assistant turn only with any chat template."""
+    user = {"role": "user", "content": question}
+    assistant = {"role": "assistant", "content": chain}
+    return {"messages": [user, assistant], "prompt": [user], "completion": [assistant]}

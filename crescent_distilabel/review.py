@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from crescent_distilabel.answers import extract_answer, format_key, normalize_answer
+from crescent_distilabel.prompts import sft_views
 
 WELL_POSED, CORRECT, CORRECTED_ANSWER, COMMENT = "well_posed", "correct", "corrected_answer", "comment"
 REVIEW_COLUMNS = (
@@ -177,7 +178,7 @@ def _apply_correction(row: dict[str, Any], corrected: str) -> None:
     else:
         row["answer_source"] = "consensus_chain_matching_reviewer"
     row["answer"] = chain
-    row["messages"] = [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": chain}]
+    row.update(sft_views(row["question"], chain))
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -9,7 +9,7 @@ from pydantic import Field, PositiveInt, PrivateAttr, field_validator
 
 from crescent_distilabel.citation import with_citation
 from crescent_distilabel.llms import derive_seed
-from crescent_distilabel.prompts import ANSWER_TEMPLATE, check_template
+from crescent_distilabel.prompts import ANSWER_TEMPLATE, check_template, sft_views
 from crescent_distilabel.steps._llm import (
     BackendFailure,
     generate,
@@ -58,6 +58,8 @@ class Consensus(Task):
         - agreement (`float | None`): winner votes / k.
         - k (`int`): chains sampled.
         - messages (`list[dict[str, str]] | None`): the SFT view, user question then assistant chain.
+        - prompt, completion (`list[dict[str, str]] | None`): the same pair in TRL's prompt-completion form,
+          so `trl sft` computes the loss on the assistant turn only, whatever the chat template.
         - drop_reason (`str | None`): ``no_answer``, ``tie`` or ``low_agreement`` when not kept;
           ``generation_failed`` when the backend failed after its retries.
         - answer_tokens (`int`): output tokens of all k chains.
@@ -121,6 +123,8 @@ class Consensus(Task):
             "agreement",
             "k",
             "messages",
+            "prompt",
+            "completion",
             "drop_reason",
             "answer_tokens",
             "truncated_chains",
@@ -148,6 +152,8 @@ class Consensus(Task):
             "agreement": None,
             "k": self.num_answers,
             "messages": None,
+            "prompt": None,
+            "completion": None,
             "answer_tokens": 0,
             "truncated_chains": 0,
             "answer_model": self.llm.model_name,
@@ -186,14 +192,7 @@ class Consensus(Task):
             )
             if vote.kept and vote.winner is not None:
                 chain = chains[vote.winner]
-                row.update(
-                    answer=chain,
-                    final_answer=vote.answer,
-                    messages=[
-                        {"role": "user", "content": row["question"]},
-                        {"role": "assistant", "content": chain},
-                    ],
-                )
+                row.update(answer=chain, final_answer=vote.answer, **sft_views(row["question"], chain))
         if self._store is not None:
             self._store.record_decisions(
                 "consensus",
