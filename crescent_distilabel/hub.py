@@ -95,6 +95,38 @@ def _write_parquet(dataset, folder: Path, config: str) -> list[tuple[str, Path]]
     return out
 
 
+def _prepare_repo(api: HfApi, repo_id: str, repo_type: str, private: bool, exist_ok: bool) -> tuple[bool, bool, set]:
+    """Check the token, refuse to overwrite an existing repo unless asked, create it if needed.
+
+    Returns (existed, private, files already in it).
+    """
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        api.whoami()
+    except Exception as err:
+        raise _explain(err, "check the token") from None
+    try:
+        is_private = bool(api.repo_info(repo_id, repo_type=repo_type).private)
+        exists = True
+    except RepositoryNotFoundError:
+        exists, is_private = False, private
+    except Exception as err:
+        raise _explain(err, f"look up {repo_id}") from None
+    if exists and not exist_ok:
+        raise HubError(
+            f"the {repo_type} repo {repo_id} already exists on the Hub; pass --exist-ok (exist_ok=True) to publish a "
+            "new revision of it, or choose another name"
+        )
+    try:
+        if not exists:
+            api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        existing = set(api.list_repo_files(repo_id, repo_type=repo_type)) if exists else set()
+    except Exception as err:
+        raise _explain(err, f"create {repo_id}") from None
+    return exists, is_private, existing
+
+
 def publish(
     output_dir: str | Path,
     repo_id: str,
@@ -124,14 +156,13 @@ def publish(
         RunDirError: ``output_dir`` is not a finished run.
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-    from huggingface_hub.errors import RepositoryNotFoundError
 
     run = RunDir(Path(output_dir))
     configs = [
         c
         for c in run.configs()
         if c == "default"
-        or (c == "dropped" and include_dropped)
+        or (c in ("dropped", "contaminated") and include_dropped)
         or (c in ("reviewed", "review_rejected") and include_reviewed)
     ]
     datasets = {config: run.load(config) for config in configs}
@@ -141,28 +172,7 @@ def publish(
             f"{output_dir} kept no pairs: nothing to publish (pass --include-dropped to publish the dropped samples)"
         )
     api, token = _api(token)
-    try:
-        api.whoami()
-    except Exception as err:
-        raise _explain(err, "check the token") from None
-    try:
-        is_private = bool(api.repo_info(repo_id, repo_type="dataset").private)
-        exists = True
-    except RepositoryNotFoundError:
-        exists, is_private = False, private
-    except Exception as err:
-        raise _explain(err, f"look up {repo_id}") from None
-    if exists and not exist_ok:
-        raise HubError(
-            f"the dataset repo {repo_id} already exists on the Hub; pass --exist-ok (exist_ok=True) to publish a new "
-            "revision of it, or choose another name"
-        )
-    try:
-        if not exists:
-            api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        existing = set(api.list_repo_files(repo_id, repo_type="dataset")) if exists else set()
-    except Exception as err:
-        raise _explain(err, f"create {repo_id}") from None
+    _, is_private, existing = _prepare_repo(api, repo_id, "dataset", private, exist_ok)
 
     rows: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="crescent-publish-") as tmp:
@@ -185,3 +195,45 @@ def publish(
         except Exception as err:
             raise _explain(err, f"upload to {repo_id}") from None
     return PublishResult(repo_id, info.repo_url.url, info.oid, configs, rows, is_private)
+
+
+MODEL_IGNORE = ("merged/*", "checkpoint-*/*", "runs/*", "*.partial/*", "training_args.bin", ".published")
+
+
+def publish_model(
+    model_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    exist_ok: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> PublishResult:
+    """Publish a trained model directory (weights or LoRA adapter, tokenizer, ``README.md`` card,
+    ``recipe.yaml``, evaluation results) to a Hub model repo in one commit.
+
+    Args:
+        model_dir: ``crescent train``'s output directory.
+        repo_id: ``namespace/name`` on the Hub.
+        private: create the repo private.
+        exist_ok: add a revision to an existing repo instead of refusing.
+        token: a Hub token; default ``HF_TOKEN`` or the login cache.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "README.md").is_file():
+        raise HubError(f"{model_dir} holds no trained model (README.md missing); run `crescent train` first")
+    api, _ = _api(token)
+    _, is_private, _ = _prepare_repo(api, repo_id, "model", private, exist_ok)
+    try:
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(model_dir),
+            repo_type="model",
+            ignore_patterns=list(MODEL_IGNORE),
+            delete_patterns=["*.safetensors", "*.bin"],  # weights of an older revision do not linger
+            commit_message=commit_message or f"CRESCENT fine-tune of {model_dir.name}",
+        )
+    except Exception as err:
+        raise _explain(err, f"upload to {repo_id}") from None
+    files = sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file())
+    return PublishResult(repo_id, f"{api.endpoint}/{repo_id}", info.oid, files, {}, is_private)

