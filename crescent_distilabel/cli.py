@@ -361,9 +361,14 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
     repo = args.push_to_hub or (recipe.training.hub_model_id if recipe.training.push_to_hub else None)
     private = args.private or bool(recipe.training.hub_private_repo)
     if repo:  # a missing or bad token fails now, not after training
-        from crescent_distilabel.hub import whoami
+        from crescent_distilabel.hub import HubError, whoami
 
-        whoami()
+        try:
+            whoami()
+        except HubError as err:
+            print(f"crescent: {err}", file=sys.stderr)
+            print("crescent: nothing was trained; fix the token or drop --push-to-hub.", file=sys.stderr)
+            return 1
     data = preflight(recipe)
     base = recipe.model.model_name_or_path
     print(f"crescent: training {base} on {len(data)} pairs -> {recipe.training.output_dir}", file=sys.stderr)

@@ -128,6 +128,17 @@ def test_messages_only_data_is_split_into_prompt_and_completion():
     }
 
 
+def test_a_missing_token_stops_before_training(run_copy, hub, tmp_path):
+    out = tmp_path / "model"
+    done = subprocess.run(
+        [sys.executable, "-m", "crescent_distilabel.cli", "train", "--config", str(CPU_LORA), "--dataset",
+         str(run_copy), "--output_dir", str(out), "--push-to-hub", "alice/x"],
+        env=hub_env(hub, tmp_path, token=None), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1 and "no Hugging Face token: set HF_TOKEN" in done.stderr
+    assert "nothing was trained" in done.stderr and not out.exists()
+
+
 @pytest.mark.slow
 def test_crescent_train_lora_evaluate_and_publish(run_copy, smollm2_hf, hub, tmp_path):
     """Real: TRL LoRA steps on the run's pairs with SmolLM2, merged copy reloaded by lm-eval on GSM8K problems,
