@@ -40,10 +40,6 @@ class SFTRecipe:
     data: Any  # trl.DatasetMixtureConfig
     base_label: str | None = None  # the model as the user named it (before ``smollm2`` became a local path)
 
-    @property
-    def text(self) -> str:
-        return Path(self.path).read_text() if self.path else ""
-
 
 def _parser():  # returns trl.TrlParser, imported lazily (TRL is an optional extra)
     try:
