@@ -99,12 +99,6 @@ def load_loop_recipe(path: str | Path, overrides: dict[str, Any] | None = None) 
     return recipe
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _suffix(recipe: LoopRecipe, repo: str, r: int) -> str:
     return f"{repo}-round{r}" if recipe.iterations > 1 else repo
 
@@ -128,15 +122,13 @@ def _evaluate(recipe: LoopRecipe, model: str, path: Path, log: Any) -> EvalRepor
 
 def run_loop(recipe: LoopRecipe, log: Any = print) -> list[dict[str, Any]]:
     """Run (or continue) the loop; returns one metrics row per round (round 0 = the base model)."""
-    from crescent_distilabel.backends import resolve_hf_model
     from crescent_distilabel.decontamination import decontaminate_run
     from crescent_distilabel.hub import publish, publish_model
     from crescent_distilabel.recipe import load_recipe
     from crescent_distilabel.run_dir import RunDir
     from crescent_distilabel.train import (
         TRAIN_RECORD,
-        check_model,
-        gpu_only_settings,
+        check_recipe,
         load_result,
         parse_sft_recipe,
         preflight,
@@ -148,13 +140,8 @@ def run_loop(recipe: LoopRecipe, log: Any = print) -> list[dict[str, Any]]:
     # (the data's columns are checked as each round's training starts)
     gen_recipe = load_recipe(recipe.path(recipe.generate), recipe.generate_overrides)
     sft = parse_sft_recipe(recipe.path(recipe.train), recipe.train_overrides)
-    problems = [] if _cuda() else gpu_only_settings(sft)
-    if problems:
-        raise LoopError(
-            f"{recipe.train}: this machine has no CUDA GPU, but the recipe asks for: {'; '.join(problems)}"
-        )
-    base_model = resolve_hf_model(sft.model.model_name_or_path)
-    check_model(base_model)
+    check_recipe(sft)  # resolves ``smollm2`` to its transformers directory
+    base_model = sft.model.model_name_or_path
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -183,8 +183,8 @@ def load_training_data(recipe: SFTRecipe) -> Dataset:
     return data
 
 
-def preflight(recipe: SFTRecipe, cuda: bool | None = None) -> Dataset:
-    """Every check that can fail, before a model is loaded: GPU-only settings, the model, the data."""
+def check_recipe(recipe: SFTRecipe, cuda: bool | None = None) -> None:
+    """GPU-only settings on a machine without one, and the model's existence (``smollm2`` resolved here)."""
     import torch
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
@@ -203,6 +203,11 @@ def preflight(recipe: SFTRecipe, cuda: bool | None = None) -> Dataset:
     recipe.base_label = recipe.base_label or (SMOLLM2_HUB_ID if name == SMOLLM2_ALIAS else name)
     recipe.model.model_name_or_path = resolve_hf_model(name)
     check_model(recipe.model.model_name_or_path)
+
+
+def preflight(recipe: SFTRecipe, cuda: bool | None = None) -> Dataset:
+    """Every check that can fail, before a model is loaded: GPU-only settings, the model, the data."""
+    check_recipe(recipe, cuda)
     return load_training_data(recipe)
 
 
