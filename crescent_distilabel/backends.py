@@ -5,6 +5,8 @@
   from the Hugging Face Hub.
 - ``openai``: any OpenAI-compatible endpoint (``vllm serve``, TGI, ``llama_cpp.server``, OpenAI) by URL.
 - ``transformers``: a transformers directory or Hub id in process (the loop's fine-tuned models).
+- ``vllm``: vLLM in process, batched with n samples per prompt; ``vllm_serve``: a managed ``vllm serve``
+  reached through the ``openai`` client (see :mod:`crescent_distilabel.vllm_backend`).
 - Any other distilabel ``LLM`` can be passed to the steps or to ``build_pipeline`` from Python.
 """
 
@@ -132,7 +134,18 @@ def build_llm(config: ModelConfig, sampling: SamplingConfig, *, seed: int, check
         if not Path(model).exists() and model.count("/") != 1:
             raise BackendError(f"transformers model {config.model!r} is neither a local directory nor a Hub id")
         return TransformersChatLLM(model=model, generation_kwargs=kwargs)
-    raise BackendError(f"unknown backend {config.backend!r}; use 'llamacpp', 'openai' or 'transformers'")
+    if config.backend == "vllm":
+        from crescent_distilabel.vllm_backend import build_vllm_llm
+
+        return build_vllm_llm(config, kwargs)
+    if config.backend == "vllm_serve":  # run_recipe starts the server and hands us an ``openai`` section
+        raise BackendError(
+            "backend 'vllm_serve' is started by run_recipe (crescent generate); from Python, wrap "
+            "build_pipeline in crescent_distilabel.vllm_backend.serve_models"
+        )
+    raise BackendError(
+        f"unknown backend {config.backend!r}; use 'llamacpp', 'openai', 'transformers', 'vllm' or 'vllm_serve'"
+    )
 
 
 def cache_dir() -> Path:

@@ -26,7 +26,10 @@ def derive_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(digest[:8], "big") % MAX_SEED
 
 
-def _output(texts: list[str | None], input_tokens: list[int], output_tokens: list[int], truncated: list[bool]):
+def generation_output(
+    texts: list[str | None], input_tokens: list[int], output_tokens: list[int], truncated: list[bool]
+) -> dict[str, Any]:
+    """One prompt's samples in distilabel's output shape, plus which were cut off at max tokens."""
     return {
         "generations": texts,
         "statistics": {"input_tokens": input_tokens, "output_tokens": output_tokens},
@@ -98,7 +101,7 @@ class LlamaCppChatLLM(LlamaCppLLM):
                 truncated.append(choice.get("finish_reason") == "length")
                 in_tok.append(completion["usage"]["prompt_tokens"])  # type: ignore[index]
                 out_tok.append(completion["usage"]["completion_tokens"])  # type: ignore[index]
-            outputs.append(_output(texts, in_tok, out_tok, truncated))
+            outputs.append(generation_output(texts, in_tok, out_tok, truncated))
         return outputs
 
 
@@ -134,7 +137,7 @@ class OpenAICompatibleLLM(OpenAILLM):
         choices = list(completion.choices or [])[:num_generations]
         usage = completion.usage
         per_choice = (usage.completion_tokens // len(choices)) if usage and choices else 0
-        return _output(
+        return generation_output(
             [c.message.content if c.message else None for c in choices],
             [usage.prompt_tokens if usage else 0] * len(choices),
             [per_choice] * len(choices),
@@ -151,7 +154,7 @@ class OpenAICompatibleLLM(OpenAILLM):
         seed: int | None = None,
     ) -> GenerateOutput:
         """``num_generations`` samples: request ``r`` asks for what is still missing with seed ``seed + r``."""
-        merged = _output([], [], [], [])
+        merged = generation_output([], [], [], [])
         request = 0
         while len(merged["generations"]) < num_generations:
             part = await self.arequest(
@@ -266,5 +269,5 @@ class TransformersChatLLM(LLM):
                 texts.append(self._tokenizer.decode(ids[:n], skip_special_tokens=True).strip())
                 out_tok.append(n)
                 truncated.append(n == max_new_tokens and (not ids or ids[n - 1] != eos))
-            outputs.append(_output(texts, [prompt_len] * num_generations, out_tok, truncated))
+            outputs.append(generation_output(texts, [prompt_len] * num_generations, out_tok, truncated))
         return outputs

@@ -7,6 +7,7 @@ rows into the ``default`` config (the kept question-answer pairs, SFT-ready) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -29,6 +30,7 @@ from crescent_distilabel.run_dir import RUN_FILE, STATE_DIR, atomic_write, save_
 from crescent_distilabel.steps import BaitPrompting, Consensus, Diversify
 from crescent_distilabel.steps._llm import ABORT
 from crescent_distilabel.store import ProgressStore
+from crescent_distilabel.vllm_backend import needs_server, serve_models
 
 logger = logging.getLogger("crescent_distilabel")
 
@@ -296,13 +298,28 @@ def run_recipe(
         question_llm: any distilabel LLM instead of the recipe's question model.
         answer_llm: any distilabel LLM instead of the recipe's answer model.
     """
+    output_dir = Path(recipe.output_dir)
+    db_path = progress_path(output_dir)
+    llms = {"question_llm": question_llm, "answer_llm": answer_llm, "progress_db": db_path}
+    with contextlib.ExitStack() as servers:
+        if needs_server(recipe):  # start `vllm serve` only once the output directory is known to be usable
+            resumed = prepare_output_dir(output_dir, recipe, overwrite)
+            pipeline = build_pipeline(servers.enter_context(serve_models(recipe, output_dir / STATE_DIR)), **llms)
+        else:  # a wrong endpoint fails here, before --overwrite deletes anything
+            pipeline = build_pipeline(recipe, **llms)
+            resumed = prepare_output_dir(output_dir, recipe, overwrite)
+        result = _execute(recipe, pipeline, output_dir, resumed)
+    if result.complete:
+        publish_outputs(recipe, result)
+    return result
+
+
+def _execute(recipe: Recipe, pipeline: Pipeline, output_dir: Path, resumed: bool) -> RunResult:
+    """Run the built pipeline and write everything a run leaves in ``output_dir``."""
     from datasets import DatasetDict
     from distilabel.distiset import Distiset
 
-    output_dir = Path(recipe.output_dir)
     db_path = progress_path(output_dir)
-    pipeline = build_pipeline(recipe, question_llm=question_llm, answer_llm=answer_llm, progress_db=db_path)
-    resumed = prepare_output_dir(output_dir, recipe, overwrite)
     store = ProgressStore(db_path)
     store.clear_state(ABORT)
     before = store.count_generations()
@@ -342,8 +359,6 @@ def run_recipe(
     atomic_write(output_dir / RUN_FILE, json.dumps(run_record(recipe, result), indent=2) + "\n")
     store.close()
     shutil.rmtree(output_dir / ".distilabel", ignore_errors=True)
-    if complete:
-        publish_outputs(recipe, result)
     return result
 
 

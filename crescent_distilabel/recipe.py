@@ -31,11 +31,11 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """Which model writes (or answers) and how to reach it."""
 
-    backend: Literal["llamacpp", "openai", "transformers"] = "llamacpp"
+    backend: Literal["llamacpp", "openai", "transformers", "vllm", "vllm_serve"] = "llamacpp"
     model: str = Field(
         "smollm2",
         description="llamacpp: 'smollm2', a .gguf path or <repo>/<file>.gguf; openai: served name; "
-        "transformers: a local directory or Hub id ('smollm2': the GGUF converted once to transformers)",
+        "transformers, vllm, vllm_serve: a local directory or Hub id ('smollm2': the GGUF converted once)",
     )
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
@@ -43,6 +43,18 @@ class ModelConfig(_Section):
     n_threads: PositiveInt | None = None
     timeout: float = Field(120.0, gt=0)
     max_retries: int = Field(6, ge=0)
+    # vllm / vllm_serve
+    tensor_parallel_size: PositiveInt = Field(1, description="vllm, vllm_serve: GPUs per engine")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0.0, le=1.0, description="vllm, vllm_serve: None = 0.8 (the embedding model shares the GPU)"
+    )
+    kv_cache_gb: float | None = Field(None, gt=0.0, description="vllm, vllm_serve: KV cache size; None: 1 on CPU")
+    dtype: str = Field("auto", description="vllm, vllm_serve: auto = the checkpoint's on GPU, float32 on CPU")
+    enforce_eager: bool | None = Field(None, description="vllm, vllm_serve: None = eager on CPU only")
+    vllm_python: str | None = Field(
+        None, description="vllm_serve: the Python of the environment where vLLM is installed; None: this one"
+    )
+    startup_timeout: float = Field(900.0, gt=0, description="vllm_serve: seconds to wait for the server")
 
 
 class SamplingConfig(_Section):
@@ -182,7 +194,19 @@ class Recipe(_Section):
 
 
 _OPERATIONAL = {"name", "output_dir", "consensus.batch_size"}  # answers are seeded per question, not per batch
-_OPERATIONAL_MODEL_KEYS = {"base_url", "api_key_env", "timeout", "max_retries", "n_threads"}
+_OPERATIONAL_MODEL_KEYS = {
+    "base_url",
+    "api_key_env",
+    "timeout",
+    "max_retries",
+    "n_threads",
+    "tensor_parallel_size",  # hardware: a run may continue on a machine with more or fewer GPUs
+    "gpu_memory_utilization",
+    "kv_cache_gb",
+    "enforce_eager",
+    "vllm_python",
+    "startup_timeout",
+}
 
 
 def _operational(key: str) -> bool:

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
         ({"diversify": {"within_batch_threshold": -0.1}}, "diversify.within_batch_threshold", "greater than or equal"),
         ({"consensus": {"min_agreement": 2}}, "consensus.min_agreement", "[0, 1]"),
         ({"consensus": {"tie_policy": "random"}}, "consensus.tie_policy", "'drop' or 'first'"),
-        ({"question_model": {"backend": "tgi"}}, "question_model.backend", "'openai' or 'transformers'"),
+        ({"question_model": {"backend": "tgi"}}, "question_model.backend", "'transformers', 'vllm' or 'vllm_serve'"),
         ({"sampling": {"top_p": 0}}, "sampling.top_p", "greater than 0"),
         ({"bait": {"num_calls": 0}}, "bait.num_calls", "greater than 0"),
         ({"diversify": {"rewrite_prompt": "Rewrite {question}"}}, "diversify.rewrite_prompt", "{neighbour}"),

