@@ -28,7 +28,7 @@ from crescent_distilabel.recipe import Recipe, changed_settings, dump_recipe
 from crescent_distilabel.run_dir import RUN_FILE, STATE_DIR, atomic_write, save_config
 from crescent_distilabel.steps import BaitPrompting, Consensus, Diversify
 from crescent_distilabel.steps._llm import ABORT
-from crescent_distilabel.store import ProgressStore
+from crescent_distilabel.store import ProgressStore, StageStats, stage_throughput
 
 logger = logging.getLogger("crescent_distilabel")
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from crescent_distilabel.hub import PublishResult
 
 CONSENSUS_REASONS = ("no_answer", "tie", "low_agreement")
+LOCAL_BACKENDS = ("llamacpp", "transformers")
 
 
 class OutputExistsError(FileExistsError):
@@ -147,6 +148,8 @@ class RunSummary:
     truncated_chains: int = 0
     wall_time_s: float = 0.0
     generated_tokens: int | None = None  # by this run's LLM calls; None: all of ``tokens``
+    stages: dict[str, StageStats] = field(default_factory=dict)  # this run's LLM work per stage
+    gpus: int = 0  # GPUs the run's models occupied (see gpus_used)
 
     @property
     def tokens(self) -> int:
@@ -158,8 +161,44 @@ class RunSummary:
         generated = self.tokens if self.generated_tokens is None else self.generated_tokens
         return generated / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
+    @property
+    def llm_calls(self) -> int:
+        """LLM requests this run made, all stages."""
+        return sum(stage.calls for stage in self.stages.values())
+
+    @property
+    def calls_per_kept_pair(self) -> float | None:
+        """This run's LLM requests per kept pair: the cost of one training pair (None when nothing was kept)."""
+        return self.llm_calls / self.kept if self.kept else None
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.gpus * self.wall_time_s / 3600
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "tokens": self.tokens, "tokens_per_s": round(self.tokens_per_s, 2)}
+        per_kept = self.calls_per_kept_pair
+        return {
+            **asdict(self),
+            "stages": {name: stage.to_dict() for name, stage in self.stages.items()},
+            "tokens": self.tokens,
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "llm_calls": self.llm_calls,
+            "calls_per_kept_pair": None if per_kept is None else round(per_kept, 3),
+            "gpu_hours": round(self.gpu_hours, 4),
+        }
+
+
+def gpus_used(recipe: Recipe) -> int:
+    """GPUs this process's models run on, for GPU-hours: every visible CUDA device when a model runs in
+    process (llamacpp/transformers), else 0 (a server's GPUs are not visible from here)."""
+    models = [recipe.question_model, recipe.answer_model or recipe.question_model]
+    if not any(model.backend in LOCAL_BACKENDS for model in models):
+        return 0
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def final_reason(row: dict[str, Any]) -> str | None:
@@ -318,7 +357,9 @@ def run_recipe(
         rows = Dataset.from_dict({"drop_reason": []})
     kept, dropped = split_rows(rows)
     summary = summarize(rows.to_list(), wall)
-    summary.generated_tokens = store.output_tokens_since(started_at)
+    summary.stages = stage_throughput(store.generation_spans(), started_at)
+    summary.generated_tokens = sum(stage.output_tokens for stage in summary.stages.values())
+    summary.gpus = gpus_used(recipe)
     expected = recipe.bait.num_calls * recipe.bait.samples_per_call
     failure = store.get_state(ABORT)
     complete = failure is None and summary.raw_samples == expected
