@@ -35,6 +35,7 @@ logger = logging.getLogger("crescent_distilabel")
 if TYPE_CHECKING:
     from datasets import Dataset
     from distilabel.distiset import Distiset
+    from distilabel.models.embeddings.base import Embeddings
     from distilabel.models.llms.base import LLM
 
     from crescent_distilabel.argilla_io import PushResult
@@ -55,6 +56,8 @@ def build_pipeline(
     answer_llm: LLM | None = None,
     check_endpoints: bool = True,
     progress_db: str | Path | None = None,
+    embeddings: Embeddings | None = None,
+    consensus_step: type[Consensus] = Consensus,
 ) -> Pipeline:
     """The distilabel Pipeline for a recipe.
 
@@ -64,6 +67,8 @@ def build_pipeline(
         answer_llm: any distilabel LLM to answer; default: ``recipe.answer_model`` or the question model.
         check_endpoints: contact OpenAI-compatible endpoints now, so a wrong URL fails before any work.
         progress_db: the run's progress store; every step keeps its results there and reuses them on a re-run.
+        embeddings: the diversification embedding model instead of the recipe's (e.g. a variant to benchmark).
+        consensus_step: a :class:`Consensus` subclass to answer and vote (e.g. another voting rule).
     """
     db = str(progress_db) if progress_db is not None else None
     if question_llm is None:
@@ -98,7 +103,7 @@ def build_pipeline(
             diversify = Diversify(
                 name="diversify",
                 llm=question_llm.model_copy(deep=True),
-                embeddings=SentenceEmbeddings(model=div_cfg.embedding_model),
+                embeddings=embeddings or SentenceEmbeddings(model=div_cfg.embedding_model),
                 within_batch_threshold=div_cfg.within_batch_threshold,
                 history_threshold=div_cfg.history_threshold,
                 max_rewrites=div_cfg.max_rewrites,
@@ -114,7 +119,7 @@ def build_pipeline(
                 resources=StepResources(replicas=1),  # the accepted history lives in this one process
             )
             last = last >> diversify
-        consensus = Consensus(
+        consensus = consensus_step(
             name="consensus",
             llm=answer_llm,
             num_answers=con_cfg.k if con_cfg.enabled else 1,
@@ -322,6 +327,8 @@ def run_recipe(
     overwrite: bool = False,
     question_llm: LLM | None = None,
     answer_llm: LLM | None = None,
+    embeddings: Embeddings | None = None,
+    consensus_step: type[Consensus] = Consensus,
 ) -> RunResult:
     """Run a recipe end to end, or continue it: write the Distiset, ``pipeline.yaml`` and ``crescent_run.json``.
 
@@ -334,13 +341,22 @@ def run_recipe(
         overwrite: delete whatever ``output_dir`` holds and start over.
         question_llm: any distilabel LLM instead of the recipe's question model.
         answer_llm: any distilabel LLM instead of the recipe's answer model.
+        embeddings: the diversification embedding model instead of the recipe's (see :func:`build_pipeline`).
+        consensus_step: a :class:`Consensus` subclass to answer and vote (see :func:`build_pipeline`).
     """
     from datasets import DatasetDict
     from distilabel.distiset import Distiset
 
     output_dir = Path(recipe.output_dir)
     db_path = progress_path(output_dir)
-    pipeline = build_pipeline(recipe, question_llm=question_llm, answer_llm=answer_llm, progress_db=db_path)
+    pipeline = build_pipeline(
+        recipe,
+        question_llm=question_llm,
+        answer_llm=answer_llm,
+        progress_db=db_path,
+        embeddings=embeddings,
+        consensus_step=consensus_step,
+    )
     resumed = prepare_output_dir(output_dir, recipe, overwrite)
     store = ProgressStore(db_path)
     store.clear_state(ABORT)

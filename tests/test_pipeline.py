@@ -142,6 +142,31 @@ def test_ablations_change_the_pipeline(tmp_path: Path) -> None:
     assert step.num_answers == 1 and step.min_agreement == 0.0
 
 
+def test_a_variant_embedding_model_and_consensus_step_can_be_passed_in(tmp_path: Path) -> None:
+    from distilabel.constants import STEP_ATTR_NAME
+
+    from crescent_distilabel.embeddings import SentenceEmbeddings
+    from crescent_distilabel.steps import Consensus
+
+    class AlwaysFirst(Consensus):
+        def vote(self, chains):
+            return super().vote(chains[:1])
+
+    embeddings = SentenceEmbeddings(batch_size=1)
+    pipeline = build_pipeline(
+        recipe(tmp_path),
+        question_llm=FakeLLM(),
+        answer_llm=FakeLLM(),
+        embeddings=embeddings,
+        consensus_step=AlwaysFirst,
+    )
+    assert pipeline.dag.get_step("diversify")[STEP_ATTR_NAME].embeddings is embeddings
+    consensus = pipeline.dag.get_step("consensus")[STEP_ATTR_NAME]
+    assert type(consensus) is AlwaysFirst and consensus.vote(["#### 1", "#### 2", "#### 2"])[0].answer == "1"
+    default = build_pipeline(recipe(tmp_path), question_llm=FakeLLM(), answer_llm=FakeLLM())
+    assert default.dag.get_step("consensus")[STEP_ATTR_NAME].vote(["#### 1", "#### 2", "#### 2"])[0].answer == "2"
+
+
 def test_no_diversification_keeps_duplicates(tmp_path: Path) -> None:
     question_llm = FakeLLM(rules={"creativity": [APPLES, APPLES_AGAIN]})
     answer_llm = FakeLLM(rules={"apples": ["#### Answer: 8"]})
