@@ -42,7 +42,8 @@ from crescent_distilabel.steps._llm import generate
 def replay(recipe: Recipe, requests: list[Request]) -> tuple[int, float]:
     """(output tokens, seconds) of the requests sent straight to the backend, batch by batch."""
     # the finished pipeline left its log queue closed: the client's per-request INFO lines would each fail there
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("httpx", "httpx2"):  # httpx2: the client under the openai package here
+        logging.getLogger(name).setLevel(logging.WARNING)
     question = build_llm(recipe.question_model, recipe.sampling, seed=recipe.seed, check=False)
     answer = build_llm(recipe.answer_model or recipe.question_model, recipe.sampling, seed=recipe.seed, check=False)
     question.load()
