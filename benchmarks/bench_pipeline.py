@@ -15,12 +15,16 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from datasets import load_from_disk
 
 from crescent_distilabel import load_recipe, run_recipe
 from crescent_distilabel.backends import build_llm
 from crescent_distilabel.llms import derive_seed
+from crescent_distilabel.recipe import Recipe
 from crescent_distilabel.steps._llm import generate
 
 DEFAULTS = [
@@ -32,6 +36,57 @@ DEFAULTS = [
 ]
 
 
+@dataclass(frozen=True)
+class Request:
+    """One generation the pipeline made; requests with equal ``batch`` were in flight together."""
+
+    stage: str
+    prompt: str
+    n: int
+    seed: int
+    batch: tuple[Any, ...]
+
+
+def run_rows(output_dir: str | Path) -> list[dict[str, Any]]:
+    """Every row of a finished run (kept and dropped), in bait order, as the steps saw them."""
+    rows = (
+        load_from_disk(f"{output_dir}/default/train").to_list()
+        + load_from_disk(f"{output_dir}/dropped/train").to_list()
+    )
+    return sorted(rows, key=lambda row: (row["bait_call"], row["bait_sample"]))
+
+
+def replayed_requests(recipe: Recipe, rows: list[dict[str, Any]]) -> list[Request]:
+    """The run's generations in pipeline order, grouped into the batches the steps sent them in.
+
+    Bait and answer requests are exact (same prompts and seeds); rewrites are approximate, as only a row's last
+    neighbour is kept (every round is replayed with it and the original question).
+    """
+    seed, bait, con = recipe.seed, recipe.bait, recipe.consensus
+    calls_per_batch = max(1, 50 // bait.samples_per_call)  # as build_pipeline sizes the bait batches
+    div_batch = recipe.diversify.batch_size or bait.samples_per_call
+    requests = []
+    for call in range(bait.num_calls):
+        seed_ = derive_seed(seed, "bait", call)
+        requests.append(Request("bait", bait.prompt, bait.samples_per_call, seed_, ("bait", call // calls_per_batch)))
+    rewrites = []
+    for pos, row in enumerate(rows):
+        for round_ in range(row["rewrites"] or 0):
+            prompt = recipe.diversify.rewrite_prompt.format(
+                question=row["original_question"], neighbour=row["nearest_question"] or ""
+            )
+            seed_ = derive_seed(seed, "rewrite", row["original_question"], round_)
+            rewrites.append(Request("rewrite", prompt, 1, seed_, ("rewrite", pos // div_batch, round_)))
+    requests += sorted(rewrites, key=lambda r: r.batch)
+    k = con.k if con.enabled else 1
+    for pos, row in enumerate(rows):
+        if row["chains"]:
+            prompt = con.answer_prompt.format(question=row["question"])
+            seed_ = derive_seed(seed, "answer", row["question"], row["bait_call"], row["bait_sample"])
+            requests.append(Request("answer", prompt, k, seed_, ("answer", pos // con.batch_size)))
+    return requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", nargs="?")
@@ -41,33 +96,15 @@ def main() -> None:
         recipe = load_recipe(args.recipe, [*DEFAULTS, *args.overrides, f"output_dir={tmp}/run"])
         result = run_recipe(recipe, overwrite=True)
         s = result.summary
-        rows = (
-            load_from_disk(f"{tmp}/run/default/train").to_list() + load_from_disk(f"{tmp}/run/dropped/train").to_list()
-        )
+        requests = replayed_requests(recipe, run_rows(f"{tmp}/run"))
 
         llm = build_llm(recipe.question_model, recipe.sampling, seed=recipe.seed)
         llm.load()
-        seed, tokens = recipe.seed, 0
+        tokens = 0
         start = time.perf_counter()
-        for call in range(recipe.bait.num_calls):
-            out = generate(llm, [recipe.bait.prompt], recipe.bait.samples_per_call, [derive_seed(seed, "bait", call)])
+        for request in requests:  # one at a time, as the in-process backend runs them
+            out = generate(llm, [request.prompt], request.n, [request.seed])
             tokens += sum(out[0].tokens)
-        for row in rows:
-            for round_ in range(row["rewrites"] or 0):  # approximate: the neighbour of each round is not kept
-                prompt = recipe.diversify.rewrite_prompt.format(
-                    question=row["original_question"], neighbour=row["nearest_question"] or ""
-                )
-                out = generate(llm, [prompt], 1, [derive_seed(seed, "rewrite", row["original_question"], round_)])
-                tokens += sum(out[0].tokens)
-            if row["chains"]:
-                prompt = recipe.consensus.answer_prompt.format(question=row["question"])
-                out = generate(
-                    llm,
-                    [prompt],
-                    recipe.consensus.k,
-                    [derive_seed(seed, "answer", row["question"], row["bait_call"], row["bait_sample"])],
-                )
-                tokens += sum(out[0].tokens)
         raw_time = time.perf_counter() - start
 
     pipeline_rate = s.tokens / s.wall_time_s

@@ -44,7 +44,8 @@ def main() -> None:
         ]  # fmt: skip
         with store._db:
             store._db.execute("BEGIN")
-            store._db.executemany("INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?)", rows)
+            columns = "key, stage, texts, tokens, truncated, created"
+            store._db.executemany(f"INSERT INTO generations ({columns}) VALUES (?, ?, ?, ?, ?, ?)", rows)
         fill = time.perf_counter() - start
         size = (Path(tmp) / "progress.sqlite").stat().st_size + (Path(tmp) / "progress.sqlite-wal").stat().st_size
 

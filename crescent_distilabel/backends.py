@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -82,6 +84,56 @@ def check_endpoint(base_url: str, api_key: str | None = None, timeout: float = 5
         raise BackendError(f"the endpoint {base_url} refused the API key (HTTP {response.status_code})")
     if response.status_code >= 400:
         raise BackendError(f"the endpoint {base_url} answered GET /models with HTTP {response.status_code}")
+
+
+@contextmanager
+def serve_llamacpp(
+    model: Path, log: Path, *, alias: str = SMOLLM2_ALIAS, n_threads: int | None = None, ready_within: float = 120.0
+) -> Iterator[str]:
+    """``python -m llama_cpp.server`` on a free 127.0.0.1 port while the block runs, stopped by its PID after:
+    a local OpenAI-compatible server (tests, benchmarks). Yields its base URL; its output goes to ``log``.
+
+    Raises:
+        BackendError: the server exited or did not answer within ``ready_within`` seconds (with its log's end).
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+    ]  # fmt: skip
+    if n_threads:
+        cmd += ["--n_threads", str(n_threads)]
+    base_url = f"http://127.0.0.1:{port}/v1"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + ready_within
+        while True:
+            if proc.poll() is not None:
+                raise BackendError(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+            try:
+                check_endpoint(base_url, timeout=1.0)
+                break
+            except BackendError:
+                if time.monotonic() > deadline:
+                    raise BackendError(
+                        f"llama_cpp.server not ready after {ready_within:.0f} s:\n{log.read_text()[-2000:]}"
+                    ) from None
+                time.sleep(0.2)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def build_llm(config: ModelConfig, sampling: SamplingConfig, *, seed: int, check: bool = True) -> LLM:

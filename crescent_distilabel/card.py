@@ -141,12 +141,40 @@ Agreement of kept answers (winner votes / k):
 
 Token usage: {summary["question_tokens"]} question, {summary["rewrite_tokens"]} rewrite and
 {summary["answer_tokens"]} answer tokens; {summary["wall_time_s"]:.0f} s wall time.
-{_review_section(review)}{_decontamination_section(decontamination)}
+{_throughput_section(summary)}{_review_section(review)}{_decontamination_section(decontamination)}
 ## Citation
 
 ```bibtex
 {CITATION}
 ```
+"""
+
+
+def gpu_hours_text(summary: dict[str, Any]) -> str:
+    """GPU-hours as the card and CLI show them: "0 (CPU run)" when no GPU was used."""
+    return f"{summary['gpu_hours']:.2f} ({summary['gpus']} GPUs)" if summary.get("gpus") else "0 (CPU run)"
+
+
+def _throughput_section(summary: dict[str, Any]) -> str:
+    """This run's LLM work per stage (runs recorded before throughput was measured have none)."""
+    stages = summary.get("stages")
+    if not stages:
+        return ""
+    rows = "\n".join(
+        f"| {name} | {st['calls']} | {st['output_tokens']} | {st['tokens_per_s']:.1f} |" for name, st in stages.items()
+    )
+    per_kept = summary["calls_per_kept_pair"]
+    reused = sum(st["reused"] for st in stages.values())
+    resumed = f" Generations reused from an earlier run (not counted): {reused}." if reused else ""
+    return f"""
+## Throughput
+
+| stage | LLM calls | output tokens | tokens/s |
+|---|---:|---:|---:|
+{rows}
+
+Tokens/s per stage is over the time the stage had requests in flight. LLM calls per kept pair:
+{"n/a (none kept)" if per_kept is None else f"{per_kept:.2f}"}. GPU-hours: {gpu_hours_text(summary)}.{resumed}
 """
 
 

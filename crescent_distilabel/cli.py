@@ -30,6 +30,8 @@ def _summary_table(result: RunResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from crescent_distilabel.card import gpu_hours_text
+
     s = result.summary.to_dict()
     title = f"CRESCENT run -> {result.output_dir}" + (" (resumed)" if result.resumed else "")
     table = Table(title=title, show_header=True)
@@ -51,6 +53,14 @@ def _summary_table(result: RunResult) -> None:
     table.add_row("generations (stored earlier/new)", f"{result.reused_generations}/{result.new_generations}")
     table.add_row("wall time", f"{s['wall_time_s']:.1f} s")
     table.add_row("tokens/s (generated in this run)", f"{s['tokens_per_s']:.1f}")
+    for name, st in s["stages"].items():
+        table.add_row(
+            f"  {name}: LLM calls / tokens / tokens/s",
+            f"{st['calls']} / {st['output_tokens']} / {st['tokens_per_s']:.1f}",
+        )
+    per_kept = s["calls_per_kept_pair"]
+    table.add_row("LLM calls per kept pair", "n/a" if per_kept is None else f"{per_kept:.2f}")
+    table.add_row("GPU-hours", gpu_hours_text(s))
     Console(stderr=True).print(table)
 
 

@@ -29,7 +29,7 @@ from crescent_distilabel.recipe import Recipe, changed_settings, dump_recipe
 from crescent_distilabel.run_dir import RUN_FILE, STATE_DIR, atomic_write, save_config
 from crescent_distilabel.steps import BaitPrompting, Consensus, Diversify
 from crescent_distilabel.steps._llm import ABORT
-from crescent_distilabel.store import ProgressStore
+from crescent_distilabel.store import ProgressStore, StageStats, stage_throughput
 from crescent_distilabel.vllm_backend import needs_server, serve_models
 
 logger = logging.getLogger("crescent_distilabel")
@@ -37,12 +37,14 @@ logger = logging.getLogger("crescent_distilabel")
 if TYPE_CHECKING:
     from datasets import Dataset
     from distilabel.distiset import Distiset
+    from distilabel.models.embeddings.base import Embeddings
     from distilabel.models.llms.base import LLM
 
     from crescent_distilabel.argilla_io import PushResult
     from crescent_distilabel.hub import PublishResult
 
 CONSENSUS_REASONS = ("no_answer", "tie", "low_agreement")
+LOCAL_BACKENDS = ("llamacpp", "transformers")
 
 
 class OutputExistsError(FileExistsError):
@@ -56,6 +58,8 @@ def build_pipeline(
     answer_llm: LLM | None = None,
     check_endpoints: bool = True,
     progress_db: str | Path | None = None,
+    embeddings: Embeddings | None = None,
+    consensus_step: type[Consensus] = Consensus,
 ) -> Pipeline:
     """The distilabel Pipeline for a recipe.
 
@@ -65,6 +69,8 @@ def build_pipeline(
         answer_llm: any distilabel LLM to answer; default: ``recipe.answer_model`` or the question model.
         check_endpoints: contact OpenAI-compatible endpoints now, so a wrong URL fails before any work.
         progress_db: the run's progress store; every step keeps its results there and reuses them on a re-run.
+        embeddings: the diversification embedding model instead of the recipe's (e.g. a variant to benchmark).
+        consensus_step: a :class:`Consensus` subclass to answer and vote (e.g. another voting rule).
     """
     db = str(progress_db) if progress_db is not None else None
     if question_llm is None:
@@ -99,7 +105,7 @@ def build_pipeline(
             diversify = Diversify(
                 name="diversify",
                 llm=question_llm.model_copy(deep=True),
-                embeddings=SentenceEmbeddings(model=div_cfg.embedding_model),
+                embeddings=embeddings or SentenceEmbeddings(model=div_cfg.embedding_model),
                 within_batch_threshold=div_cfg.within_batch_threshold,
                 history_threshold=div_cfg.history_threshold,
                 max_rewrites=div_cfg.max_rewrites,
@@ -115,7 +121,7 @@ def build_pipeline(
                 resources=StepResources(replicas=1),  # the accepted history lives in this one process
             )
             last = last >> diversify
-        consensus = Consensus(
+        consensus = consensus_step(
             name="consensus",
             llm=answer_llm,
             num_answers=con_cfg.k if con_cfg.enabled else 1,
@@ -149,6 +155,8 @@ class RunSummary:
     truncated_chains: int = 0
     wall_time_s: float = 0.0
     generated_tokens: int | None = None  # by this run's LLM calls; None: all of ``tokens``
+    stages: dict[str, StageStats] = field(default_factory=dict)  # this run's LLM work per stage
+    gpus: int = 0  # GPUs the run's models occupied (see gpus_used)
 
     @property
     def tokens(self) -> int:
@@ -160,8 +168,61 @@ class RunSummary:
         generated = self.tokens if self.generated_tokens is None else self.generated_tokens
         return generated / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
+    @property
+    def llm_calls(self) -> int:
+        """LLM requests this run made, all stages."""
+        return sum(stage.calls for stage in self.stages.values())
+
+    @property
+    def calls_per_kept_pair(self) -> float | None:
+        """This run's LLM requests per kept pair: the cost of one training pair (None when nothing was kept)."""
+        return self.llm_calls / self.kept if self.kept else None
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.gpus * self.wall_time_s / 3600
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "tokens": self.tokens, "tokens_per_s": round(self.tokens_per_s, 2)}
+        per_kept = self.calls_per_kept_pair
+        return {
+            **asdict(self),
+            "stages": {name: stage.to_dict() for name, stage in self.stages.items()},
+            "tokens": self.tokens,
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "llm_calls": self.llm_calls,
+            "calls_per_kept_pair": None if per_kept is None else round(per_kept, 3),
+            "gpu_hours": round(self.gpu_hours, 4),
+        }
+
+
+def gpus_used(recipe: Recipe) -> int:
+    """GPUs the run occupies on this machine, for GPU-hours (0 without CUDA or with a remote server).
+
+    In-process llamacpp/transformers take every visible GPU; in-process vLLM one engine of
+    ``tensor_parallel_size`` GPUs per LLM step; a managed ``vllm serve`` ``tensor_parallel_size`` GPUs per
+    server; never more than are visible.
+    """
+    try:
+        import torch
+    except ImportError:
+        return 0
+    if not torch.cuda.is_available():
+        return 0
+    visible = torch.cuda.device_count()
+    steps = {"question_model": 1 + int(recipe.diversify.enabled), "answer_model": 1}
+    if recipe.answer_model is None:
+        steps = {"question_model": steps["question_model"] + 1}
+    used, servers = 0, set()
+    for name, n_steps in steps.items():
+        model = getattr(recipe, name)
+        if model.backend in LOCAL_BACKENDS:
+            return visible
+        if model.backend == "vllm":
+            used += model.tensor_parallel_size * n_steps
+        elif model.backend == "vllm_serve" and model.model_dump_json() not in servers:
+            servers.add(model.model_dump_json())
+            used += model.tensor_parallel_size
+    return min(used, visible)
 
 
 def final_reason(row: dict[str, Any]) -> str | None:
@@ -285,6 +346,8 @@ def run_recipe(
     overwrite: bool = False,
     question_llm: LLM | None = None,
     answer_llm: LLM | None = None,
+    embeddings: Embeddings | None = None,
+    consensus_step: type[Consensus] = Consensus,
 ) -> RunResult:
     """Run a recipe end to end, or continue it: write the Distiset, ``pipeline.yaml`` and ``crescent_run.json``.
 
@@ -297,16 +360,24 @@ def run_recipe(
         overwrite: delete whatever ``output_dir`` holds and start over.
         question_llm: any distilabel LLM instead of the recipe's question model.
         answer_llm: any distilabel LLM instead of the recipe's answer model.
+        embeddings: the diversification embedding model instead of the recipe's (see :func:`build_pipeline`).
+        consensus_step: a :class:`Consensus` subclass to answer and vote (see :func:`build_pipeline`).
     """
     output_dir = Path(recipe.output_dir)
     db_path = progress_path(output_dir)
-    llms = {"question_llm": question_llm, "answer_llm": answer_llm, "progress_db": db_path}
+    parts = {
+        "question_llm": question_llm,
+        "answer_llm": answer_llm,
+        "progress_db": db_path,
+        "embeddings": embeddings,
+        "consensus_step": consensus_step,
+    }
     with contextlib.ExitStack() as servers:
         if needs_server(recipe):  # start `vllm serve` only once the output directory is known to be usable
             resumed = prepare_output_dir(output_dir, recipe, overwrite)
-            pipeline = build_pipeline(servers.enter_context(serve_models(recipe, output_dir / STATE_DIR)), **llms)
+            pipeline = build_pipeline(servers.enter_context(serve_models(recipe, output_dir / STATE_DIR)), **parts)
         else:  # a wrong endpoint fails here, before --overwrite deletes anything
-            pipeline = build_pipeline(recipe, **llms)
+            pipeline = build_pipeline(recipe, **parts)
             resumed = prepare_output_dir(output_dir, recipe, overwrite)
         result = _execute(recipe, pipeline, output_dir, resumed)
     if result.complete:
@@ -335,7 +406,9 @@ def _execute(recipe: Recipe, pipeline: Pipeline, output_dir: Path, resumed: bool
         rows = Dataset.from_dict({"drop_reason": []})
     kept, dropped = split_rows(rows)
     summary = summarize(rows.to_list(), wall)
-    summary.generated_tokens = store.output_tokens_since(started_at)
+    summary.stages = stage_throughput(store.generation_spans(), started_at)
+    summary.generated_tokens = sum(stage.output_tokens for stage in summary.stages.values())
+    summary.gpus = gpus_used(recipe)
     expected = recipe.bait.num_calls * recipe.bait.samples_per_call
     failure = store.get_state(ABORT)
     complete = failure is None and summary.raw_samples == expected

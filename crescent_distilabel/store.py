@@ -14,6 +14,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS generations (
     key TEXT PRIMARY KEY, stage TEXT NOT NULL, texts TEXT NOT NULL, tokens TEXT NOT NULL,
-    truncated TEXT NOT NULL, created REAL NOT NULL);
+    truncated TEXT NOT NULL, created REAL NOT NULL, started REAL, requests INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS parts (
     key TEXT NOT NULL, idx INTEGER NOT NULL, output TEXT NOT NULL, PRIMARY KEY (key, idx));
 CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vector BLOB NOT NULL);
@@ -32,6 +33,10 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _CHUNK = 500  # SQLite host parameters per query stay well under its limit
+# added after the first release: stores written before lack them (started NULL: unknown; requests: 1)
+_ADDED_COLUMNS = {"started": "started REAL", "requests": "requests INTEGER NOT NULL DEFAULT 1"}
+STAGES = ("bait", "rewrite", "answer")
+"""The LLM stages, in pipeline order, as the steps name them in the store."""
 
 
 def generation_key(model: str, prompt: str, n: int, sampling: dict[str, Any], seed: int | None) -> str:
@@ -58,6 +63,10 @@ class ProgressStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process; fast commits
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(generations)")}
+        for name, column in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE generations ADD COLUMN {column}")
 
     def close(self) -> None:
         self._db.close()
@@ -75,11 +84,27 @@ class ProgressStore:
         rows = self._select("SELECT key, texts, tokens, truncated FROM generations WHERE key IN ({})", keys)
         return {k: (json.loads(t), json.loads(n), json.loads(c)) for k, t, n, c in rows}
 
-    def put_generation(self, key: str, stage: str, texts: list, tokens: list, truncated: list) -> None:
-        """Commit one finished generation (all its samples) at once."""
+    def put_generation(
+        self,
+        key: str,
+        stage: str,
+        texts: list,
+        tokens: list,
+        truncated: list,
+        *,
+        started: float | None = None,
+        requests: int = 1,
+    ) -> None:
+        """Commit one finished generation (all its samples) at once.
+
+        Args:
+            started: when its first request of this run was sent (time.time()), so stage spans are exact.
+            requests: LLM requests this run made for it (more than 1 when a server ignores ``n``).
+        """
         self._db.execute(
-            "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?, ?, ?)",
-            (key, stage, json.dumps(texts), json.dumps(tokens), json.dumps(truncated), time.time()),
+            "INSERT OR REPLACE INTO generations (key, stage, texts, tokens, truncated, created, started, requests) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, stage, json.dumps(texts), json.dumps(tokens), json.dumps(truncated), time.time(), started, requests),
         )
 
     def get_parts(self, key: str) -> list[dict[str, Any]]:
@@ -91,10 +116,14 @@ class ProgressStore:
         """Commit one answered request of a multi-request generation (servers that ignore ``n``)."""
         self._db.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?)", (key, idx, json.dumps(output)))
 
-    def output_tokens_since(self, since: float) -> int:
-        """Output tokens of the generations stored after ``since`` (a time.time() value)."""
-        rows = self._db.execute("SELECT tokens FROM generations WHERE created > ?", (since,)).fetchall()
-        return sum(sum(json.loads(r[0])) for r in rows)
+    def generation_spans(self) -> list[tuple[str, float, float, int, int]]:
+        """Every stored generation as (stage, started, created, output tokens, requests); ``started`` is
+        ``created`` for generations stored before start times were recorded."""
+        rows = self._db.execute("SELECT stage, started, created, tokens, requests FROM generations").fetchall()
+        return [
+            (stage, created if started is None else started, created, sum(json.loads(tokens)), requests)
+            for stage, started, created, tokens, requests in rows
+        ]
 
     def count_generations(self, stage: str | None = None) -> int:
         if stage is None:
@@ -138,3 +167,64 @@ class ProgressStore:
 
     def clear_state(self, name: str) -> None:
         self._db.execute("DELETE FROM state WHERE name = ?", (name,))
+
+
+@dataclass
+class StageStats:
+    """One LLM stage's work in one run.
+
+    Attributes:
+        calls: LLM requests this run made (one per prompt; one per request when a server ignores ``n``).
+        output_tokens: output tokens those requests generated.
+        active_s: seconds during which at least one of its requests was in flight (stages overlap in the
+            pipeline, so their active times add up to more than the wall time).
+        reused: generations found stored from an earlier run, reused without an LLM call.
+    """
+
+    calls: int = 0
+    output_tokens: int = 0
+    active_s: float = 0.0
+    reused: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Output tokens per active second: the stage's own throughput, unaffected by the other stages."""
+        return self.output_tokens / self.active_s if self.active_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "calls": self.calls,
+            "output_tokens": self.output_tokens,
+            "active_s": round(self.active_s, 3),
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "reused": self.reused,
+        }
+
+
+def busy_seconds(spans: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: concurrent requests count once."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(spans):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def stage_throughput(spans: Iterable[tuple[str, float, float, int, int]], since: float) -> dict[str, StageStats]:
+    """Per-stage :class:`StageStats` of the generations stored after ``since`` (a time.time() value); those
+    stored before are counted as reused. ``spans`` as from :meth:`ProgressStore.generation_spans`."""
+    stats = {stage: StageStats() for stage in STAGES}
+    intervals: dict[str, list[tuple[float, float]]] = {}
+    for stage, started, created, tokens, requests in spans:
+        st = stats.setdefault(stage, StageStats())
+        if created <= since:
+            st.reused += 1
+            continue
+        st.calls += requests
+        st.output_tokens += tokens
+        intervals.setdefault(stage, []).append((max(started, since), created))
+    for stage, found in intervals.items():
+        stats[stage].active_s = busy_seconds(found)
+    return stats

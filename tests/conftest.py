@@ -62,41 +62,11 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def llamacpp_server(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real llama.cpp OpenAI-compatible server with SmolLM2 on 127.0.0.1, stopped by its PID afterwards."""
-    import subprocess
-    import time
+    from crescent_distilabel.backends import serve_llamacpp
 
-    import requests
-
-    port = free_port()
     log = tmp_path_factory.mktemp("llamacpp_server") / "server.log"
-    cmd = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(smollm2_path), "--model_alias", "smollm2",
-        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 2),
-    ]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-            try:
-                if requests.get(f"{base_url}/models", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server not ready after 60 s:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
+    with serve_llamacpp(smollm2_path, log, n_threads=os.cpu_count() or 2, ready_within=60) as base_url:
         yield base_url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 # A small finished run with known answers and agreements, made by the real pipeline around scripted FakeLLMs

@@ -59,6 +59,9 @@ def test_generate_runs_the_cpu_recipe_and_prints_the_summary(tmp_path: Path) -> 
         "wall time",
         "cut off",
         "generations (stored",
+        "answer: LLM calls / tokens / tokens/s",
+        "LLM calls per kept pair",
+        "0 (CPU run)",
     ):
         assert row in done.stderr
     assert (out / "default").is_dir() and (out / "dropped").is_dir() and (out / "README.md").is_file()

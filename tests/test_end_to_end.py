@@ -45,6 +45,12 @@ def check_run(output_dir: Path, raw_samples: int) -> dict:
         assert row["final_answer"] == row["vote_answers"][0]
     assert all(reason for reason in dropped["drop_reason"])
     assert summary["tokens"] > 0 and summary["answer_tokens"] > 0
+    stages = summary["stages"]  # a fresh run: its LLM calls made every token of the data
+    assert sum(st["output_tokens"] for st in stages.values()) == summary["tokens"] == summary["generated_tokens"]
+    assert stages["answer"]["output_tokens"] == summary["answer_tokens"] and stages["answer"]["tokens_per_s"] > 0
+    assert stages["bait"]["calls"] >= 2 and stages["answer"]["calls"] >= summary["accepted"]  # more if n is ignored
+    assert summary["calls_per_kept_pair"] == round(summary["llm_calls"] / summary["kept"], 3)
+    assert summary["gpus"] == 0 and summary["gpu_hours"] == 0
     assert (output_dir / "distiset_configs" / "pipeline.yaml").is_file()
     assert yaml.safe_load((output_dir / "recipe.yaml").read_text())["seed"] == SMALL["seed"]
     return summary

@@ -58,6 +58,19 @@ def test_garbage_is_counted_and_dropped_and_the_run_goes_on(tmp_path: Path) -> N
     assert record["summary"] == s.to_dict() and record["fingerprint"] == run.fingerprint()
     card = (tmp_path / "run" / "README.md").read_text()
     assert "Use your creativity" in card and "| kept after consensus | 2 |" in card and "2502.13441" in card
+    # throughput: every LLM call of the run, per stage, adds up to what the rows say
+    bait, rewrite, answer = (s.stages[stage] for stage in ("bait", "rewrite", "answer"))
+    assert (bait.calls, rewrite.calls, answer.calls) == (2, s.rewrites, s.accepted) == (2, 1, 3)
+    assert (bait.output_tokens, rewrite.output_tokens, answer.output_tokens) == (
+        s.question_tokens, s.rewrite_tokens, s.answer_tokens
+    )  # fmt: skip
+    assert s.generated_tokens == s.tokens > 0 and s.llm_calls == 6 and s.calls_per_kept_pair == 3.0
+    assert all(0 < st.active_s <= s.wall_time_s and st.reused == 0 for st in (bait, rewrite, answer))
+    assert bait.tokens_per_s == pytest.approx(bait.output_tokens / bait.active_s)
+    assert s.gpus == 0 and s.gpu_hours == 0.0
+    assert record["summary"]["stages"]["answer"]["calls"] == 3 and record["summary"]["calls_per_kept_pair"] == 3.0
+    assert f"| answer | 3 | {s.answer_tokens} |" in card and "LLM calls per kept pair:\n3.00" in card
+    assert "GPU-hours: 0 (CPU run)" in card
 
 
 def test_a_failing_backend_stops_cleanly_and_the_re_run_continues(tmp_path: Path) -> None:
@@ -71,6 +84,18 @@ def test_a_failing_backend_stops_cleanly_and_the_re_run_continues(tmp_path: Path
     second = run_recipe(run, question_llm=FakeLLM(rules={"creativity": ["never asked"]}), answer_llm=answer_llm)
     assert second.complete and second.resumed and second.summary.kept == 3
     assert second.new_generations == 1 and second.reused_generations == first.new_generations
+    stages = second.summary.stages  # only what the re-run generated counts as its work
+    assert (stages["bait"].calls, stages["bait"].reused, stages["answer"].calls, stages["answer"].reused) == (
+        0,
+        1,
+        1,
+        2,
+    )
+    assert (
+        second.summary.generated_tokens
+        == stages["answer"].output_tokens
+        == len("8 * 5 = 40 #### Answer: 40".split()) * 3
+    )
     assert {r["question"] for r in rows(tmp_path, "default")} == {APPLES, TRAIN, AREA}
 
 
@@ -82,6 +107,10 @@ def test_finished_run_is_rewritten_identically_without_llm_calls(tmp_path: Path)
     failing = FakeLLM(fail_on=" ")  # every prompt has a space: any call would fail
     again = run_recipe(run, question_llm=failing, answer_llm=failing.model_copy())
     assert again.complete and again.new_generations == 0 and again.reused_generations == first.new_generations
+    assert again.summary.llm_calls == 0 and again.summary.calls_per_kept_pair == 0.0
+    assert again.summary.generated_tokens == 0 and again.summary.tokens == first.summary.tokens
+    assert sum(st.reused for st in again.summary.stages.values()) == first.new_generations
+    assert "Generations reused from an earlier run (not counted): 6." in (tmp_path / "run" / "README.md").read_text()
     assert {c: rows(tmp_path, c) for c in ("default", "dropped")} == before
 
 
@@ -111,6 +140,31 @@ def test_ablations_change_the_pipeline(tmp_path: Path) -> None:
     )
     step = no_con.dag.get_step("consensus")["step"]
     assert step.num_answers == 1 and step.min_agreement == 0.0
+
+
+def test_a_variant_embedding_model_and_consensus_step_can_be_passed_in(tmp_path: Path) -> None:
+    from distilabel.constants import STEP_ATTR_NAME
+
+    from crescent_distilabel.embeddings import SentenceEmbeddings
+    from crescent_distilabel.steps import Consensus
+
+    class AlwaysFirst(Consensus):
+        def vote(self, chains):
+            return super().vote(chains[:1])
+
+    embeddings = SentenceEmbeddings(batch_size=1)
+    pipeline = build_pipeline(
+        recipe(tmp_path),
+        question_llm=FakeLLM(),
+        answer_llm=FakeLLM(),
+        embeddings=embeddings,
+        consensus_step=AlwaysFirst,
+    )
+    assert pipeline.dag.get_step("diversify")[STEP_ATTR_NAME].embeddings is embeddings
+    consensus = pipeline.dag.get_step("consensus")[STEP_ATTR_NAME]
+    assert type(consensus) is AlwaysFirst and consensus.vote(["#### 1", "#### 2", "#### 2"])[0].answer == "1"
+    default = build_pipeline(recipe(tmp_path), question_llm=FakeLLM(), answer_llm=FakeLLM())
+    assert default.dag.get_step("consensus")[STEP_ATTR_NAME].vote(["#### 1", "#### 2", "#### 2"])[0].answer == "2"
 
 
 def test_no_diversification_keeps_duplicates(tmp_path: Path) -> None:

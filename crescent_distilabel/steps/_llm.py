@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from distilabel.models.llms.base import AsyncLLM
@@ -84,10 +85,10 @@ def generate(
             results[i] = Samples(texts, tokens, truncated)
     todo = [i for i, r in enumerate(results) if r is None]
 
-    def done(i: int, output: dict[str, Any]) -> None:
+    def done(i: int, output: dict[str, Any], started: float, requests: int = 1) -> None:
         results[i] = samples = _samples(output, num_generations)
         if store is not None and keys[i] is not None and any(t is not None for t in samples.texts):
-            store.put_generation(keys[i], stage, *samples)
+            store.put_generation(keys[i], stage, *samples, started=started, requests=requests)
 
     try:
         if todo and isinstance(llm, AsyncLLM):
@@ -95,12 +96,15 @@ def generate(
         elif todo and store is not None and seeded and not getattr(llm, "batched_generation", False):
             # our one-at-a-time in-process backends: store every prompt as it finishes
             for i in todo:
-                done(i, llm.generate_outputs([user_turn(prompts[i])], num_generations, **kwargs, seeds=[seeds[i]])[0])
+                started = time.time()
+                output = llm.generate_outputs([user_turn(prompts[i])], num_generations, **kwargs, seeds=[seeds[i]])[0]
+                done(i, output, started)
         elif todo:
             extra = {"seeds": [seeds[i] for i in todo]} if seeded else {}
+            started = time.time()
             outputs = llm.generate_outputs([user_turn(prompts[i]) for i in todo], num_generations, **kwargs, **extra)
             for i, output in zip(todo, outputs):
-                done(i, output)
+                done(i, output, started)
     except Exception as err:
         failure = BackendFailure(f"{type(err).__name__}: {err}")
         record_failure(store, stage, failure)
@@ -133,9 +137,10 @@ def _generate_async(
 
     async def one(i: int) -> None:
         chat = user_turn(prompts[i])
+        started = time.time()
         if seeds is None or store is None or keys[i] is None or not isinstance(llm, OpenAICompatibleLLM):
             extra = {"seed": seeds[i]} if seeds is not None and _takes(llm.agenerate, "seed") else {}
-            done(i, await llm.agenerate(input=chat, num_generations=n, **kwargs, **extra))
+            done(i, await llm.agenerate(input=chat, num_generations=n, **kwargs, **extra), started)
             return
         merged: dict[str, Any] = {
             "generations": [],
@@ -145,15 +150,16 @@ def _generate_async(
         parts = store.get_parts(keys[i])
         for part in parts:
             merge_output(merged, part)
-        request = len(parts)
+        request, made = len(parts), 0  # made: requests sent by this run
         while len(merged["generations"]) < n:  # the same seeds, request by request, as OpenAICompatibleLLM.agenerate
             part = await llm.arequest(chat, n - len(merged["generations"]), **kwargs, seed=seeds[i] + request)
+            made += 1
             if not part["generations"]:
                 break
             store.put_part(keys[i], request, part)
             merge_output(merged, part)
             request += 1
-        done(i, merged)
+        done(i, merged, started, made)
 
     async def run() -> list[Any]:
         return await asyncio.gather(*(one(i) for i in todo), return_exceptions=True)

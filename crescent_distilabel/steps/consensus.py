@@ -17,7 +17,7 @@ from crescent_distilabel.steps._llm import (
     user_turn,
 )
 from crescent_distilabel.store import ProgressStore
-from crescent_distilabel.voting import required_votes, vote_on_chains
+from crescent_distilabel.voting import Vote, required_votes, vote_on_chains
 
 
 @with_citation
@@ -141,6 +141,15 @@ class Consensus(Task):
     def format_output(self, output: str | None, input: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: A002
         return {"answer": output}
 
+    def vote(self, chains: list[str | None]) -> tuple[Vote, list[str | None]]:
+        """One question's vote and each chain's extracted answer; a subclass may vote otherwise."""
+        return vote_on_chains(
+            chains,
+            min_agreement=self.min_agreement,
+            tie_policy=self.tie_policy,
+            no_answer_policy=self.no_answer_policy,
+        )
+
     def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
         empty = {
             "answer": None,
@@ -173,12 +182,7 @@ class Consensus(Task):
                 rows[i]["drop_reason"] = "generation_failed"
             answers = []
         for i, (chains, tokens, truncated) in zip(live, answers):
-            vote, extracted = vote_on_chains(
-                chains,
-                min_agreement=self.min_agreement,
-                tie_policy=self.tie_policy,
-                no_answer_policy=self.no_answer_policy,
-            )
+            vote, extracted = self.vote(chains)
             row = rows[i]
             row.update(
                 chains=chains,
