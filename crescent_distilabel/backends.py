@@ -12,8 +12,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,54 +92,94 @@ def check_endpoint(base_url: str, api_key: str | None = None, timeout: float = 5
         raise BackendError(f"the endpoint {base_url} answered GET /models with HTTP {response.status_code}")
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalServer:
+    """A model server process on 127.0.0.1 for the length of a ``with`` block, stopped by its PID.
+
+    It runs in its own process group (servers such as vLLM spawn workers), writes to ``log_path``, and counts
+    as ready when ``GET ready_url`` answers 2xx; one that exits or is not ready within ``startup_timeout``
+    raises :class:`BackendError` with the end of its log.
+    """
+
+    def __init__(
+        self, name: str, command: list[str], port: int, log_path: Path, *, ready_path: str, startup_timeout: float
+    ) -> None:
+        self.name, self.command, self.log_path, self.startup_timeout = name, command, log_path, startup_timeout
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.ready_url = f"http://127.0.0.1:{port}{ready_path}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> LocalServer:
+        import requests
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
+            )  # fmt: skip
+        deadline = time.monotonic() + self.startup_timeout
+        try:
+            while True:
+                if self._proc.poll() is not None:
+                    raise BackendError(f"{self.name} exited with code {self._proc.returncode}:\n{self.log_tail()}")
+                with contextlib.suppress(requests.RequestException):
+                    if requests.get(self.ready_url, timeout=2).ok:
+                        return self
+                if time.monotonic() > deadline:
+                    raise BackendError(
+                        f"{self.name} was not ready within {self.startup_timeout:.0f} s (raise startup_timeout "
+                        f"for large models); log {self.log_path}:\n{self.log_tail()}"
+                    )
+                time.sleep(0.5)
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """SIGTERM the server's process group, SIGKILL after 30 s."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @contextmanager
 def serve_llamacpp(
     model: Path, log: Path, *, alias: str = SMOLLM2_ALIAS, n_threads: int | None = None, ready_within: float = 120.0
 ) -> Iterator[str]:
-    """``python -m llama_cpp.server`` on a free 127.0.0.1 port while the block runs, stopped by its PID after:
-    a local OpenAI-compatible server (tests, benchmarks). Yields its base URL; its output goes to ``log``.
-
-    Raises:
-        BackendError: the server exited or did not answer within ``ready_within`` seconds (with its log's end).
-    """
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """``python -m llama_cpp.server`` while the block runs (tests, benchmarks); yields its base URL."""
+    port = free_port()
     cmd = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
     ]  # fmt: skip
     if n_threads:
         cmd += ["--n_threads", str(n_threads)]
-    base_url = f"http://127.0.0.1:{port}/v1"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + ready_within
-        while True:
-            if proc.poll() is not None:
-                raise BackendError(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-            try:
-                check_endpoint(base_url, timeout=1.0)
-                break
-            except BackendError:
-                if time.monotonic() > deadline:
-                    raise BackendError(
-                        f"llama_cpp.server not ready after {ready_within:.0f} s:\n{log.read_text()[-2000:]}"
-                    ) from None
-                time.sleep(0.2)
-        yield base_url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with LocalServer("llama_cpp.server", cmd, port, log, ready_path="/v1/models", startup_timeout=ready_within) as srv:
+        yield srv.base_url
 
 
 def build_llm(config: ModelConfig, sampling: SamplingConfig, *, seed: int, check: bool = True) -> LLM:

@@ -17,13 +17,8 @@ vLLM pins its own torch and transformers, so it lives in its own environment (se
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from distilabel.models.llms import LLM
@@ -31,10 +26,12 @@ from distilabel.models.mixins.cuda_device_placement import CudaDevicePlacementMi
 from distilabel.typing import FormattedInput, GenerateOutput
 from pydantic import Field, PositiveInt, PrivateAttr
 
-from crescent_distilabel.backends import BackendError, resolve_hf_model
+from crescent_distilabel.backends import BackendError, LocalServer, free_port, resolve_hf_model
 from crescent_distilabel.llms import MAX_SEED, generation_output
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from crescent_distilabel.recipe import ModelConfig, Recipe
 
 GPU_MEMORY_UTILIZATION = 0.8
@@ -187,12 +184,6 @@ def build_vllm_llm(config: ModelConfig, sampling_kwargs: dict[str, Any]) -> VLLM
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def serve_command(config: ModelConfig, port: int, seed: int, *, cuda: bool) -> list[str]:
     """The ``vllm serve`` command line for a model section (run with ``vllm_python`` or this Python)."""
     python = config.vllm_python or sys.executable
@@ -219,65 +210,6 @@ def serve_command(config: ModelConfig, port: int, seed: int, *, cuda: bool) -> l
     return cmd
 
 
-class VLLMServer:
-    """A ``vllm serve`` process on 127.0.0.1, started for one run and stopped by its PID.
-
-    Its output goes to ``log_path``; a server that exits or does not answer within ``startup_timeout``
-    raises :class:`BackendError` with the end of that log.
-    """
-
-    def __init__(self, command: list[str], port: int, log_path: Path, startup_timeout: float) -> None:
-        self.command, self.port, self.log_path, self.startup_timeout = command, port, log_path, startup_timeout
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> VLLMServer:
-        import requests
-
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-        with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise BackendError(f"vllm serve exited with code {self._proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"http://127.0.0.1:{self.port}/health", timeout=2).ok:
-                    return self
-            if time.monotonic() > deadline:
-                self.stop()
-                raise BackendError(
-                    f"vllm serve did not answer within {self.startup_timeout:.0f} s (raise "
-                    f"startup_timeout for large models); log {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(1.0)
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        """SIGTERM the server's process group (vLLM spawns engine workers), SIGKILL after 30 s."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        import signal
-
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def needs_server(recipe: Recipe) -> bool:
     """Whether a model section asks for a managed ``vllm serve``."""
     return any(cfg is not None and cfg.backend == "vllm_serve" for cfg in (recipe.question_model, recipe.answer_model))
@@ -295,19 +227,21 @@ def serve_models(recipe: Recipe, log_dir: Path) -> Iterator[Recipe]:
     if not served:
         yield recipe
         return
-    cuda = cuda_available()
-    servers: dict[str, VLLMServer] = {}
     updates: dict[str, ModelConfig] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        urls: dict[str, str] = {}
         for name, cfg in served.items():
             key = cfg.model_dump_json(exclude={"timeout", "max_retries"})
-            if key not in servers:
-                port = free_port()
-                command = serve_command(cfg, port, recipe.seed, cuda=cuda)
-                servers[key] = VLLMServer(command, port, log_dir / f"vllm_serve_{name}.log", cfg.startup_timeout)
-                servers[key].start()
-            updates[name] = cfg.model_copy(update={"backend": "openai", "base_url": servers[key].base_url})
+            if key not in urls:
+                urls[key] = stack.enter_context(serve_vllm(cfg, recipe.seed, log_dir / f"vllm_serve_{name}.log"))
+            updates[name] = cfg.model_copy(update={"backend": "openai", "base_url": urls[key]})
         yield recipe.model_copy(update=updates)
-    finally:
-        for server in servers.values():
-            server.stop()
+
+
+@contextlib.contextmanager
+def serve_vllm(config: ModelConfig, seed: int, log: Path) -> Iterator[str]:
+    """``vllm serve`` for one model section while the block runs; yields its base URL."""
+    port = free_port()
+    command = serve_command(config, port, seed, cuda=cuda_available())
+    with LocalServer("vllm serve", command, port, log, ready_path="/health", startup_timeout=config.startup_timeout):
+        yield f"http://127.0.0.1:{port}/v1"
