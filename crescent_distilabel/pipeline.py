@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distilabel.pipeline import Pipeline
-from distilabel.steps import StepResources
 
+from crescent_distilabel import ray_cluster
 from crescent_distilabel.backends import build_llm
 from crescent_distilabel.card import dataset_card, models_in
 from crescent_distilabel.cleaning import DROP_REASONS
 from crescent_distilabel.embeddings import SentenceEmbeddings
 from crescent_distilabel.recipe import Recipe, changed_settings, dump_recipe
 from crescent_distilabel.run_dir import RUN_FILE, STATE_DIR, atomic_write, save_config
-from crescent_distilabel.steps import BaitPrompting, Consensus, Diversify
+from crescent_distilabel.steps import BaitCalls, BaitPrompting, BaitSampling, Consensus, Diversify
 from crescent_distilabel.steps._llm import ABORT
 from crescent_distilabel.store import ProgressStore
 
@@ -55,7 +55,11 @@ def build_pipeline(
     check_endpoints: bool = True,
     progress_db: str | Path | None = None,
 ) -> Pipeline:
-    """The distilabel Pipeline for a recipe.
+    """The distilabel Pipeline for a recipe (run it as is, or on Ray with ``ray_cluster.to_ray``).
+
+    With ``recipe.ray.enabled`` bait prompting is split into ``bait_calls`` (a generator of call indices)
+    >> ``bait_prompting`` (a normal step), because distilabel runs generator steps as one replica only; the
+    rows are the same either way.
 
     Args:
         recipe: the run's settings.
@@ -79,20 +83,28 @@ def build_pipeline(
         description="CRESCENT: bait prompting, diversification and consensus (arXiv 2502.13441)",
         cache_dir=Path(recipe.output_dir) / ".distilabel",
     ) as pipeline:
-        bait = BaitPrompting(
+        bait_kwargs: dict[str, Any] = dict(
             name="bait_prompting",
             llm=question_llm,
             bait_prompt=bait_cfg.prompt,
-            num_calls=bait_cfg.num_calls,
             samples_per_call=bait_cfg.samples_per_call,
             min_chars=bait_cfg.min_chars,
             max_chars=bait_cfg.max_chars,
             require_digits=bait_cfg.require_digits,
             seed=recipe.seed,
             progress_db=db,
-            batch_size=bait_cfg.samples_per_call * max(1, 50 // bait_cfg.samples_per_call),
         )
-        last: Any = bait
+        last: Any
+        if recipe.ray.enabled:  # one call per batch, so the replicas share the calls
+            last = BaitCalls(name="bait_calls", num_calls=bait_cfg.num_calls, batch_size=1) >> BaitSampling(
+                **bait_kwargs, input_batch_size=1, resources=ray_cluster.step_resources(recipe.ray, "bait")
+            )
+        else:
+            last = BaitPrompting(
+                **bait_kwargs,
+                num_calls=bait_cfg.num_calls,
+                batch_size=bait_cfg.samples_per_call * max(1, 50 // bait_cfg.samples_per_call),
+            )
         if div_cfg.enabled:
             diversify = Diversify(
                 name="diversify",
@@ -110,7 +122,7 @@ def build_pipeline(
                 seed=recipe.seed,
                 progress_db=db,
                 input_batch_size=div_cfg.batch_size or bait_cfg.samples_per_call,
-                resources=StepResources(replicas=1),  # the accepted history lives in this one process
+                resources=ray_cluster.step_resources(recipe.ray, "diversify"),  # always 1 replica (RayReplicas)
             )
             last = last >> diversify
         consensus = Consensus(
@@ -124,6 +136,7 @@ def build_pipeline(
             seed=recipe.seed,
             progress_db=db,
             input_batch_size=con_cfg.batch_size,
+            resources=ray_cluster.step_resources(recipe.ray, "consensus"),
         )
         last >> consensus
     return pipeline
@@ -193,6 +206,13 @@ def summarize(rows: list[dict[str, Any]], wall_time_s: float = 0.0) -> RunSummar
         truncated_chains=sum(row.get("truncated_chains") or 0 for row in rows),
         wall_time_s=wall_time_s,
     )
+
+
+def sort_rows(rows: Dataset) -> Dataset:
+    """Rows in bait order: the last step's replicas (on Ray) finish batches in any order."""
+    if len(rows) and {"bait_call", "bait_sample"} <= set(rows.column_names):
+        return rows.sort(["bait_call", "bait_sample"])
+    return rows
 
 
 def split_rows(rows: Dataset) -> tuple[Dataset, Dataset]:
@@ -296,12 +316,31 @@ def run_recipe(
         question_llm: any distilabel LLM instead of the recipe's question model.
         answer_llm: any distilabel LLM instead of the recipe's answer model.
     """
+    output_dir = Path(recipe.output_dir)
+    db_path = progress_path(output_dir)
+    # on Ray: connect before output_dir is touched, so a missing Ray or an unreachable head loses nothing
+    started_ray = ray_cluster.connect(recipe.ray) if recipe.ray.enabled else False
+    try:
+        return _run(recipe, output_dir, db_path, overwrite, question_llm, answer_llm)
+    finally:
+        if started_ray:
+            ray_cluster.disconnect()
+
+
+def _run(
+    recipe: Recipe,
+    output_dir: Path,
+    db_path: Path,
+    overwrite: bool,
+    question_llm: LLM | None,
+    answer_llm: LLM | None,
+) -> RunResult:
     from datasets import DatasetDict
     from distilabel.distiset import Distiset
 
-    output_dir = Path(recipe.output_dir)
-    db_path = progress_path(output_dir)
     pipeline = build_pipeline(recipe, question_llm=question_llm, answer_llm=answer_llm, progress_db=db_path)
+    if recipe.ray.enabled:
+        pipeline = ray_cluster.to_ray(pipeline)
     resumed = prepare_output_dir(output_dir, recipe, overwrite)
     store = ProgressStore(db_path)
     store.clear_state(ABORT)
@@ -311,7 +350,7 @@ def run_recipe(
     raw = pipeline.run(use_cache=False)
     wall = time.perf_counter() - start
     if raw:
-        rows = next(iter(raw.values()))["train"]
+        rows = sort_rows(next(iter(raw.values()))["train"])
     else:  # interrupted before any row reached the last step
         from datasets import Dataset
 
