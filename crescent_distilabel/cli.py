@@ -85,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="delete what output_dir holds and start over (default: continue a run)",
     )
+    gen.add_argument("--ray", action="store_true", help="run on Ray (ray.enabled=true; needs the [ray] extra)")
+    gen.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="join this Ray cluster ('auto', HOST:PORT, ray://HOST:10001); implies --ray (default: a local instance)",
+    )
     _add_publish_commands(sub)
     _add_training_commands(sub)
     args, rest = parser.parse_known_args(argv)
@@ -98,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if getattr(args, "output_dir", None):
         overrides.append(f"output_dir={args.output_dir}")
+    if getattr(args, "ray", False) or getattr(args, "ray_address", None):
+        overrides.append("ray.enabled=true")
+    if getattr(args, "ray_address", None):
+        overrides.append(f"ray.address={args.ray_address}")
     try:
         recipe = load_recipe(args.recipe, overrides)
     except RecipeError as err:
@@ -109,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from crescent_distilabel.backends import BackendError
     from crescent_distilabel.pipeline import OutputExistsError, RecipeChangedError, run_recipe
+    from crescent_distilabel.ray_cluster import RayClusterError
 
     try:
         result = run_recipe(recipe, overwrite=args.overwrite)
-    except (BackendError, OutputExistsError, RecipeChangedError) as err:
+    except (BackendError, OutputExistsError, RecipeChangedError, RayClusterError) as err:
         print(f"crescent: {err}", file=sys.stderr)
         return 1
     _summary_table(result)

@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distilabel.pipeline import Pipeline
-from distilabel.steps import StepResources
 
+from crescent_distilabel import ray_cluster
 from crescent_distilabel.backends import build_llm
 from crescent_distilabel.card import dataset_card, models_in
 from crescent_distilabel.cleaning import DROP_REASONS
 from crescent_distilabel.embeddings import SentenceEmbeddings
 from crescent_distilabel.recipe import Recipe, changed_settings, dump_recipe
 from crescent_distilabel.run_dir import RUN_FILE, STATE_DIR, atomic_write, save_config
-from crescent_distilabel.steps import BaitPrompting, Consensus, Diversify
+from crescent_distilabel.steps import BaitCalls, BaitPrompting, BaitSampling, Consensus, Diversify
 from crescent_distilabel.steps._llm import ABORT
 from crescent_distilabel.store import ProgressStore, StageStats, stage_throughput
 from crescent_distilabel.vllm_backend import needs_server, serve_models
@@ -61,7 +61,11 @@ def build_pipeline(
     embeddings: Embeddings | None = None,
     consensus_step: type[Consensus] = Consensus,
 ) -> Pipeline:
-    """The distilabel Pipeline for a recipe.
+    """The distilabel Pipeline for a recipe (run it as is, or on Ray with ``ray_cluster.to_ray``).
+
+    With ``recipe.ray.enabled`` bait prompting is split into ``bait_calls`` (a generator of call indices)
+    >> ``bait_prompting`` (a normal step), because distilabel runs generator steps as one replica only; the
+    rows are the same either way.
 
     Args:
         recipe: the run's settings.
@@ -87,20 +91,28 @@ def build_pipeline(
         description="CRESCENT: bait prompting, diversification and consensus (arXiv 2502.13441)",
         cache_dir=Path(recipe.output_dir) / ".distilabel",
     ) as pipeline:
-        bait = BaitPrompting(
+        bait_kwargs: dict[str, Any] = dict(
             name="bait_prompting",
             llm=question_llm,
             bait_prompt=bait_cfg.prompt,
-            num_calls=bait_cfg.num_calls,
             samples_per_call=bait_cfg.samples_per_call,
             min_chars=bait_cfg.min_chars,
             max_chars=bait_cfg.max_chars,
             require_digits=bait_cfg.require_digits,
             seed=recipe.seed,
             progress_db=db,
-            batch_size=bait_cfg.samples_per_call * max(1, 50 // bait_cfg.samples_per_call),
         )
-        last: Any = bait
+        last: Any
+        if recipe.ray.enabled:  # one call per batch, so the replicas share the calls
+            last = BaitCalls(name="bait_calls", num_calls=bait_cfg.num_calls, batch_size=1) >> BaitSampling(
+                **bait_kwargs, input_batch_size=1, resources=ray_cluster.step_resources(recipe.ray, "bait")
+            )
+        else:
+            last = BaitPrompting(
+                **bait_kwargs,
+                num_calls=bait_cfg.num_calls,
+                batch_size=bait_cfg.samples_per_call * max(1, 50 // bait_cfg.samples_per_call),
+            )
         if div_cfg.enabled:
             diversify = Diversify(
                 name="diversify",
@@ -118,7 +130,7 @@ def build_pipeline(
                 seed=recipe.seed,
                 progress_db=db,
                 input_batch_size=div_cfg.batch_size or bait_cfg.samples_per_call,
-                resources=StepResources(replicas=1),  # the accepted history lives in this one process
+                resources=ray_cluster.step_resources(recipe.ray, "diversify"),  # always 1 replica (RayReplicas)
             )
             last = last >> diversify
         consensus = consensus_step(
@@ -132,6 +144,7 @@ def build_pipeline(
             seed=recipe.seed,
             progress_db=db,
             input_batch_size=con_cfg.batch_size,
+            resources=ray_cluster.step_resources(recipe.ray, "consensus"),
         )
         last >> consensus
     return pipeline
@@ -200,8 +213,12 @@ def gpus_used(recipe: Recipe) -> int:
 
     In-process llamacpp/transformers take every visible GPU; in-process vLLM one engine of
     ``tensor_parallel_size`` GPUs per LLM step; a managed ``vllm serve`` ``tensor_parallel_size`` GPUs per
-    server; never more than are visible.
+    server; never more than are visible. On Ray, the GPUs reserved for the LLM steps' replicas cluster-wide.
     """
+    if recipe.ray.enabled:
+        replicas = recipe.ray.replicas
+        steps = replicas.bait + replicas.consensus + (replicas.diversify if recipe.diversify.enabled else 0)
+        return recipe.ray.gpus_per_replica * steps
     try:
         import torch
     except ImportError:
@@ -256,6 +273,13 @@ def summarize(rows: list[dict[str, Any]], wall_time_s: float = 0.0) -> RunSummar
         truncated_chains=sum(row.get("truncated_chains") or 0 for row in rows),
         wall_time_s=wall_time_s,
     )
+
+
+def sort_rows(rows: Dataset) -> Dataset:
+    """Rows in bait order: the last step's replicas (on Ray) finish batches in any order."""
+    if len(rows) and {"bait_call", "bait_sample"} <= set(rows.column_names):
+        return rows.sort(["bait_call", "bait_sample"])
+    return rows
 
 
 def split_rows(rows: Dataset) -> tuple[Dataset, Dataset]:
@@ -372,14 +396,23 @@ def run_recipe(
         "embeddings": embeddings,
         "consensus_step": consensus_step,
     }
-    with contextlib.ExitStack() as servers:
-        if needs_server(recipe):  # start `vllm serve` only once the output directory is known to be usable
-            resumed = prepare_output_dir(output_dir, recipe, overwrite)
-            pipeline = build_pipeline(servers.enter_context(serve_models(recipe, output_dir / STATE_DIR)), **parts)
-        else:  # a wrong endpoint fails here, before --overwrite deletes anything
-            pipeline = build_pipeline(recipe, **parts)
-            resumed = prepare_output_dir(output_dir, recipe, overwrite)
-        result = _execute(recipe, pipeline, output_dir, resumed)
+    # on Ray: connect before output_dir is touched, so a missing Ray or an unreachable head loses nothing
+    started_ray = ray_cluster.connect(recipe.ray) if recipe.ray.enabled else False
+    try:
+        with contextlib.ExitStack() as servers:
+            if needs_server(recipe):  # start `vllm serve` only once the output directory is known to be usable
+                resumed = prepare_output_dir(output_dir, recipe, overwrite)
+                served = servers.enter_context(serve_models(recipe, output_dir / STATE_DIR))
+                pipeline = build_pipeline(served, **parts)
+            else:  # a wrong endpoint fails here, before --overwrite deletes anything
+                pipeline = build_pipeline(recipe, **parts)
+                resumed = prepare_output_dir(output_dir, recipe, overwrite)
+            if recipe.ray.enabled:
+                pipeline = ray_cluster.to_ray(pipeline)
+            result = _execute(recipe, pipeline, output_dir, resumed)
+    finally:
+        if started_ray:
+            ray_cluster.disconnect()
     if result.complete:
         publish_outputs(recipe, result)
     return result
@@ -399,7 +432,7 @@ def _execute(recipe: Recipe, pipeline: Pipeline, output_dir: Path, resumed: bool
     raw = pipeline.run(use_cache=False)
     wall = time.perf_counter() - start
     if raw:
-        rows = next(iter(raw.values()))["train"]
+        rows = sort_rows(next(iter(raw.values()))["train"])
     else:  # interrupted before any row reached the last step
         from datasets import Dataset
 

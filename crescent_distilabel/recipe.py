@@ -138,6 +138,44 @@ class PublishConfig(_Section):
     review_strategy: Literal["stratified", "random"] = "stratified"
 
 
+class RayReplicas(_Section):
+    """Replicas (Ray actors) per stage.
+
+    Bait prompting and consensus seed every request by its call or question, so their results do not depend
+    on which replica made them. Diversify stays one replica: whether it accepts a question depends on every
+    question it accepted before, and that history lives in the memory of one process.
+    """
+
+    bait: PositiveInt = 1
+    diversify: PositiveInt = 1
+    consensus: PositiveInt = 1
+
+    @field_validator("diversify")
+    @classmethod
+    def _one_diversify(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                "must be 1: diversify accepts or rejects each question against every question accepted before "
+                "it, a history kept in one process; replicas would each see part of it and keep near-duplicates"
+            )
+        return value
+
+
+class RayConfig(_Section):
+    """Run the pipeline on a Ray cluster (distilabel's RayPipeline); never changes results.
+
+    ``address``: None starts a private local Ray instance for the run; ``auto`` joins the cluster started on
+    this machine with ``ray start``; ``HOST:PORT`` or ``ray://HOST:10001`` joins that head node. Every node
+    needs this package installed, and for several machines ``output_dir`` must be on a shared filesystem.
+    """
+
+    enabled: bool = False
+    address: str | None = Field(None, description="None: a local Ray instance; 'auto', 'HOST:PORT' or 'ray://...'")
+    replicas: RayReplicas = Field(default_factory=RayReplicas)
+    cpus_per_replica: PositiveInt | None = Field(None, description="CPUs reserved per replica; None: Ray default")
+    gpus_per_replica: int = Field(0, ge=0, description="GPUs per replica of the LLM steps (whole GPUs: distilabel)")
+
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "crescent": {},
     # The released scripts: one rewrite round accepted unchecked, every question kept whatever its votes,
@@ -168,6 +206,7 @@ class Recipe(_Section):
     diversify: DiversifyConfig = Field(default_factory=DiversifyConfig)
     consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -212,7 +251,7 @@ _OPERATIONAL_MODEL_KEYS = {
 def _operational(key: str) -> bool:
     """Settings that say where results go or how a model is reached, not what the results are."""
     section, _, name = key.partition(".")
-    if key in _OPERATIONAL or section == "publish":
+    if key in _OPERATIONAL or section in ("publish", "ray"):  # ray: a run may resume locally or on Ray
         return True
     return section in ("question_model", "answer_model") and name in _OPERATIONAL_MODEL_KEYS
 

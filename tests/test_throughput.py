@@ -89,3 +89,12 @@ def test_gpus_used_counts_the_gpus_the_backends_occupy(monkeypatch, models: dict
     assert gpus_used(load_recipe(models)) == expected
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpus_used(load_recipe(models)) == 0
+
+
+def test_gpus_used_on_ray_counts_the_replicas_reservations_cluster_wide() -> None:
+    from crescent_distilabel.pipeline import gpus_used
+
+    ray = {"enabled": True, "gpus_per_replica": 2, "replicas": {"bait": 3, "consensus": 4}}
+    assert gpus_used(load_recipe({"ray": ray})) == 2 * (3 + 1 + 4)  # diversify: one replica
+    assert gpus_used(load_recipe({"ray": ray, "diversify": {"enabled": False}})) == 2 * (3 + 4)
+    assert gpus_used(load_recipe({"ray": {**ray, "gpus_per_replica": 0}})) == 0

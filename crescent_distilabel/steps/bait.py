@@ -1,7 +1,8 @@
 """Stage 1, bait prompting: the model invents questions from one fixed prompt, with no seed data."""
 
-from distilabel.steps.tasks import GeneratorTask
-from distilabel.typing import ChatType, GeneratorStepOutput, StepColumns
+from distilabel.steps import GeneratorStep, StepInput
+from distilabel.steps.tasks import GeneratorTask, Task
+from distilabel.typing import ChatType, GeneratorStepOutput, StepColumns, StepOutput
 from pydantic import Field, PositiveInt, PrivateAttr
 
 from crescent_distilabel.citation import with_citation
@@ -16,6 +17,17 @@ from crescent_distilabel.steps._llm import (
     user_turn,
 )
 from crescent_distilabel.store import ProgressStore
+
+BAIT_COLUMNS = [
+    "question",
+    "raw_question",
+    "drop_reason",
+    "bait_call",
+    "bait_sample",
+    "question_tokens",
+    "question_truncated",
+    "model_name",
+]
 
 
 @with_citation
@@ -93,16 +105,7 @@ class BaitPrompting(GeneratorTask):
 
     @property
     def outputs(self) -> StepColumns:
-        return [
-            "question",
-            "raw_question",
-            "drop_reason",
-            "bait_call",
-            "bait_sample",
-            "question_tokens",
-            "question_truncated",
-            "model_name",
-        ]
+        return BAIT_COLUMNS
 
     def format_input(self, input: dict | None = None) -> ChatType:  # noqa: A002 - distilabel's signature
         return user_turn(self.bait_prompt)
@@ -119,35 +122,104 @@ class BaitPrompting(GeneratorTask):
         first_call = offset // self.samples_per_call
         for start in range(first_call, self.num_calls, calls_per_batch):
             calls = range(start, min(start + calls_per_batch, self.num_calls))
-            seeds = [derive_seed(self.seed, "bait", call) for call in calls]
-            failed = False
-            try:
-                results = generate(
-                    self.llm, [self.bait_prompt] * len(calls), self.samples_per_call, seeds,
-                    store=self._store, stage="bait",
-                )  # fmt: skip
-            except BackendFailure as err:
-                self._logger.warning(f"bait calls {calls.start}-{calls.stop - 1} failed: {err}")
-                failed = True
+            yield bait_rows(self, list(calls), self._store), calls[-1] == self.num_calls - 1
+
+
+def bait_rows(step: "BaitPrompting | BaitSampling", calls: list[int], store: ProgressStore | None) -> list[dict]:
+    """The cleaned samples of some bait calls, each call seeded by its index (so any process may make it)."""
+    seeds = [derive_seed(step.seed, "bait", call) for call in calls]
+    failed = False
+    try:
+        results = generate(
+            step.llm, [step.bait_prompt] * len(calls), step.samples_per_call, seeds, store=store, stage="bait"
+        )
+    except BackendFailure as err:
+        step._logger.warning(f"bait calls {calls[0]}-{calls[-1]} failed: {err}")
+        failed = True
+    if failed:
+        n = step.samples_per_call
+        results = [Samples([None] * n, [0] * n, [False] * n) for _ in calls]
+    rows = []
+    for call, samples in zip(calls, results):
+        for sample, (text, n_tokens, cut) in enumerate(zip(*samples)):
+            row = {
+                **step.format_output(text),
+                "bait_call": call,
+                "bait_sample": sample,
+                "question_tokens": n_tokens,
+                "question_truncated": cut,
+                "model_name": step.llm.model_name,
+            }
             if failed:
-                n = self.samples_per_call
-                results = [Samples([None] * n, [0] * n, [False] * n) for _ in calls]
-            rows = []
-            for call, samples in zip(calls, results):
-                for sample, (text, n_tokens, cut) in enumerate(zip(*samples)):
-                    row = {
-                        **self.format_output(text),
-                        "bait_call": call,
-                        "bait_sample": sample,
-                        "question_tokens": n_tokens,
-                        "question_truncated": cut,
-                        "model_name": self.llm.model_name,
-                    }
-                    if failed:
-                        row["drop_reason"] = "generation_failed"
-                    rows.append(row)
-            if self._store is not None:
-                self._store.record_decisions(
-                    "bait", ((f"{r['bait_call']}/{r['bait_sample']}", r["drop_reason"] or "kept", None) for r in rows)
-                )
-            yield rows, calls[-1] == self.num_calls - 1
+                row["drop_reason"] = "generation_failed"
+            rows.append(row)
+    if store is not None:
+        store.record_decisions(
+            "bait", ((f"{r['bait_call']}/{r['bait_sample']}", r["drop_reason"] or "kept", None) for r in rows)
+        )
+    return rows
+
+
+class BaitCalls(GeneratorStep):
+    """The bait call indices, ``calls_per_batch`` per batch: the generator in front of :class:`BaitSampling`.
+
+    distilabel runs a generator step as a single replica; moving the LLM calls into a normal step lets Ray
+    spread them over replicas. Output batches carry sequence numbers, which distilabel's batch manager uses to
+    hand the next step rows in call order whichever replica finishes first.
+
+    Output columns:
+        - bait_call (`int`): index of the bait call.
+    """
+
+    num_calls: PositiveInt = 10
+
+    @property
+    def outputs(self) -> StepColumns:
+        return ["bait_call"]
+
+    def process(self, offset: int = 0) -> GeneratorStepOutput:
+        for start in range(offset, self.num_calls, self.batch_size):
+            stop = min(start + self.batch_size, self.num_calls)
+            yield [{"bait_call": call} for call in range(start, stop)], stop == self.num_calls
+
+
+@with_citation
+class BaitSampling(Task):
+    """:class:`BaitPrompting` as a normal step, so it can run as several (Ray) replicas: it makes the bait calls
+    whose indices it receives (from :class:`BaitCalls`); the rows are the same as BaitPrompting's.
+
+    Input columns:
+        - bait_call (`int`): index of the bait call to make.
+
+    Output columns: as :class:`BaitPrompting`.
+    """
+
+    bait_prompt: str = BAIT_PROMPT
+    samples_per_call: PositiveInt = 10
+    min_chars: int = Field(default=20, ge=0)
+    max_chars: PositiveInt = 1500
+    require_digits: bool = True
+    seed: int = 0
+    progress_db: str | None = None
+
+    _store: ProgressStore | None = PrivateAttr(None)
+
+    def load(self) -> None:
+        super().load()
+        self._store = open_store(self.progress_db)
+
+    @property
+    def inputs(self) -> StepColumns:
+        return ["bait_call"]
+
+    @property
+    def outputs(self) -> StepColumns:
+        return BAIT_COLUMNS
+
+    def format_input(self, input: dict) -> ChatType:  # noqa: A002 - distilabel's signature
+        return user_turn(self.bait_prompt)
+
+    format_output = BaitPrompting.format_output
+
+    def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
+        yield bait_rows(self, [int(row["bait_call"]) for row in inputs], self._store)
