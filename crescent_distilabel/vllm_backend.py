@@ -41,6 +41,12 @@ CPU_KV_CACHE_GB = 1.0
 with several engines on one machine; an explicit size does not."""
 
 
+CPU_ENGINE_ARGS: dict[str, Any] = {"enable_chunked_prefill": False}
+"""vLLM's CPU build crashes its engine ("CPU Generator does not use offset") when a seeded request's prompt is
+split across scheduler steps (chunked prefill rewinds the request's generator, which only CUDA generators can
+do); with whole-prompt prefill it never happens."""
+
+
 def cuda_available() -> bool:
     """Whether this process sees a CUDA GPU (vLLM's CPU build and plain CPU machines do not)."""
     try:
@@ -121,6 +127,7 @@ class VLLMChatLLM(LLM, CudaDevicePlacementMixin):
             max_model_len=self.max_model_len,
             enforce_eager=not cuda if self.enforce_eager is None else self.enforce_eager,
             enable_prefix_caching=self.enable_prefix_caching,
+            **({} if cuda else CPU_ENGINE_ARGS),
             **self.extra_kwargs,
         )
 
@@ -207,6 +214,8 @@ def serve_command(config: ModelConfig, port: int, seed: int, *, cuda: bool) -> l
         cmd += ["--kv-cache-memory-bytes", str(memory["kv_cache_memory_bytes"])]
     if enforce_eager:
         cmd.append("--enforce-eager")
+    if not cuda:
+        cmd.append("--no-enable-chunked-prefill")  # see CPU_ENGINE_ARGS
     return cmd
 
 

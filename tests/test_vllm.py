@@ -50,7 +50,7 @@ def test_serve_command_on_cpu_is_eager_float32_with_an_explicit_kv_cache() -> No
     value = lambda flag: cmd[cmd.index(flag) + 1]  # noqa: E731
     assert value("--model") == "/m" and value("--served-model-name") == "/m"
     assert value("--host") == "127.0.0.1" and value("--port") == "8123" and value("--seed") == "3"
-    assert value("--dtype") == "float32" and "--enforce-eager" in cmd
+    assert value("--dtype") == "float32" and "--enforce-eager" in cmd and "--no-enable-chunked-prefill" in cmd
     assert value("--kv-cache-memory-bytes") == str(int(CPU_KV_CACHE_GB * 2**30))
 
 
@@ -66,6 +66,7 @@ def test_serve_command_on_gpus_uses_tensor_parallelism_and_leaves_room_for_the_e
     assert cmd[0] == "/envs/vllm/bin/python"
     assert value("--tensor-parallel-size") == "4" and value("--gpu-memory-utilization") == "0.8"
     assert value("--dtype") == "auto" and "--enforce-eager" not in cmd and "--kv-cache-memory-bytes" not in cmd
+    assert "--no-enable-chunked-prefill" not in cmd
 
 
 def test_hardware_settings_do_not_change_the_fingerprint_but_dtype_does() -> None:
@@ -210,3 +211,34 @@ def test_managed_vllm_serve_from_another_environment(tmp_path: Path, smollm2_hf:
     assert "backend: vllm_serve" in (out / "recipe.yaml").read_text()  # the recipe as written, not as rewired
     with pytest.raises(requests.ConnectionError):  # the server was stopped
         requests.get(base_url.group(1).removesuffix("/v1") + "/health", timeout=2)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_cpu_serves_many_seeded_requests_at_once_reproducibly(tmp_path: Path, smollm2_hf: Path) -> None:
+    """40 seeded n=5 requests in flight: vLLM's CPU build crashed its engine here with chunked prefill on (a
+    seeded prompt split across steps); the same seed must give the same samples whatever else is in flight."""
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    from crescent_distilabel.vllm_backend import serve_vllm
+
+    config = load_recipe(None, ["question_model.backend=vllm_serve", f"question_model.vllm_python={VLLM_PYTHON}"])
+
+    async def ask(client: AsyncOpenAI, i: int) -> list[str]:
+        chat = [{"role": "user", "content": f"Write a math word problem about {i % 20} apples."}]
+        out = await client.chat.completions.create(
+            model="smollm2", messages=chat, n=5, max_tokens=48, temperature=1.0, seed=1000 + i % 20
+        )
+        return [choice.message.content or "" for choice in out.choices]
+
+    async def burst(base_url: str) -> list[list[str]]:
+        client = AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
+        return await asyncio.gather(*(ask(client, i) for i in range(40)))
+
+    with serve_vllm(config.question_model, 0, tmp_path / "server.log") as base_url:
+        answers = asyncio.run(burst(base_url))
+    assert all(len(samples) == 5 and all(samples) for samples in answers)
+    assert answers[:20] == answers[20:]  # request i and i + 20: same prompt, same seed, same five samples
+    assert len({tuple(samples) for samples in answers[:20]}) == 20
