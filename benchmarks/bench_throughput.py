@@ -6,6 +6,7 @@ same prompts, for this pipeline and for the authors' approach, in one run.
 2. Raw: the same requests (prompts, samples, seeds; rewrites approximately, see ``bench_pipeline``) sent
    straight to the server through the same client, each pipeline batch in flight at once as the steps send it,
    stage after stage; output tokens / time. Ratio = end-to-end / raw; target >= 0.9.
+   Between phases vLLM's prefix cache is emptied, so a replay does not reuse the run's prompts.
 3. The authors' approach (``_authors.py``: embeddings one text at a time, a ``Counter`` vote over raw
    strings): the same recipe in its own output directory (nothing reused), and its own raw replay.
 
@@ -20,8 +21,10 @@ are only meaningful on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -80,12 +83,24 @@ class Measured:
 
 def measure(recipe: Recipe, **variant: Any) -> Measured:
     """Run the recipe afresh (with any step variant), then replay its requests raw."""
+    reset_prefix_cache(recipe.question_model.base_url)
     result = run_recipe(recipe, overwrite=True, **variant)
     failed = result.summary.dropped.get("generation_failed", 0)
     if not result.complete or failed:  # a step that raised loses its batch: the rates would be wrong
         raise SystemExit(f"the pipeline run did not finish ({failed} rows failed): {result.message}")
+    reset_prefix_cache(recipe.question_model.base_url)
     tokens, seconds = replay(recipe, replayed_requests(recipe, run_rows(recipe.output_dir)))
     return Measured(result.summary, tokens, seconds)
+
+
+def reset_prefix_cache(base_url: str | None) -> None:
+    """Empty vLLM's prefix cache (a dev-mode route, enabled for the server this script starts), so no phase
+    reuses the prompts the one before it sent: only a run's own repeated prefixes may hit the cache."""
+    import requests
+
+    if base_url:
+        with contextlib.suppress(requests.RequestException):
+            requests.post(base_url.removesuffix("/v1") + "/reset_prefix_cache", timeout=30)
 
 
 def report(results: dict[str, Measured]) -> None:
@@ -158,6 +173,7 @@ def _server(args: argparse.Namespace, log: Path) -> Iterator[str]:
         with serve_llamacpp(smollm2_gguf_path(), log) as url:
             yield url
     else:
+        os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # for /reset_prefix_cache between phases; loopback only
         settings = ["question_model.backend=vllm_serve", f"question_model.vllm_python={args.vllm_python}"]
         with serve_vllm(load_recipe(None, settings).question_model, 0, log) as url:
             yield url
