@@ -3,7 +3,7 @@
 from distilabel.steps import GeneratorStep, StepInput
 from distilabel.steps.tasks import GeneratorTask, Task
 from distilabel.typing import ChatType, GeneratorStepOutput, StepColumns, StepOutput
-from pydantic import BaseModel, Field, PositiveInt, PrivateAttr
+from pydantic import Field, PositiveInt, PrivateAttr
 
 from crescent_distilabel.citation import with_citation
 from crescent_distilabel.cleaning import clean_question
@@ -30,26 +30,8 @@ BAIT_COLUMNS = [
 ]
 
 
-class _BaitSettings(BaseModel):
-    """The settings and progress store both bait steps share (see :class:`BaitPrompting` for each field)."""
-
-    bait_prompt: str = BAIT_PROMPT
-    samples_per_call: PositiveInt = 10
-    min_chars: int = Field(default=20, ge=0)
-    max_chars: PositiveInt = 1500
-    require_digits: bool = True
-    seed: int = 0
-    progress_db: str | None = None
-
-    _store: ProgressStore | None = PrivateAttr(None)
-
-    def load(self) -> None:
-        super().load()  # type: ignore[misc] - the step's own load, next in the MRO
-        self._store = open_store(self.progress_db)
-
-
 @with_citation
-class BaitPrompting(_BaitSettings, GeneratorTask):
+class BaitPrompting(GeneratorTask):
     """Samples raw questions from a bait prompt and cleans them, keeping every sample with its fate.
 
     The bait prompt is the method's only human input: it fixes the domain. Each call sends the same
@@ -106,7 +88,20 @@ class BaitPrompting(_BaitSettings, GeneratorTask):
         ```
     """
 
+    bait_prompt: str = BAIT_PROMPT
     num_calls: PositiveInt = 10
+    samples_per_call: PositiveInt = 10
+    min_chars: int = Field(default=20, ge=0)
+    max_chars: PositiveInt = 1500
+    require_digits: bool = True
+    seed: int = 0
+    progress_db: str | None = None
+
+    _store: ProgressStore | None = PrivateAttr(None)
+
+    def load(self) -> None:
+        super().load()
+        self._store = open_store(self.progress_db)
 
     @property
     def outputs(self) -> StepColumns:
@@ -189,7 +184,7 @@ class BaitCalls(GeneratorStep):
 
 
 @with_citation
-class BaitSampling(_BaitSettings, Task):
+class BaitSampling(Task):
     """:class:`BaitPrompting` as a normal step, so it can run as several (Ray) replicas: it makes the bait calls
     whose indices it receives (from :class:`BaitCalls`); the rows are the same as BaitPrompting's.
 
@@ -198,6 +193,20 @@ class BaitSampling(_BaitSettings, Task):
 
     Output columns: as :class:`BaitPrompting`.
     """
+
+    bait_prompt: str = BAIT_PROMPT
+    samples_per_call: PositiveInt = 10
+    min_chars: int = Field(default=20, ge=0)
+    max_chars: PositiveInt = 1500
+    require_digits: bool = True
+    seed: int = 0
+    progress_db: str | None = None
+
+    _store: ProgressStore | None = PrivateAttr(None)
+
+    def load(self) -> None:
+        super().load()
+        self._store = open_store(self.progress_db)
 
     @property
     def inputs(self) -> StepColumns:
