@@ -99,6 +99,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the server's process, before exec: SIGTERM it when the run that started it dies, even by SIGKILL
+    (Linux), so a killed run never leaves a server holding the GPU."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class LocalServer:
     """A model server process on 127.0.0.1 for the length of a ``with`` block, stopped by its PID.
 
@@ -122,7 +131,7 @@ class LocalServer:
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
+                env={**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}, preexec_fn=_die_with_parent,
             )  # fmt: skip
         deadline = time.monotonic() + self.startup_timeout
         try:

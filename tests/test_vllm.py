@@ -242,3 +242,35 @@ def test_vllm_cpu_serves_many_seeded_requests_at_once_reproducibly(tmp_path: Pat
     assert all(len(samples) == 5 and all(samples) for samples in answers)
     assert answers[:20] == answers[20:]  # request i and i + 20: same prompt, same seed, same five samples
     assert len({tuple(samples) for samples in answers[:20]}) == 20
+
+
+def test_a_managed_server_dies_with_the_run_that_started_it(tmp_path: Path) -> None:
+    """SIGKILL the process that started a LocalServer: the server (here Python's own http.server) goes too."""
+    import signal
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from crescent_distilabel.backends import LocalServer, free_port\n"
+        "port = free_port()\n"
+        "cmd = [sys.executable, '-m', 'http.server', str(port), '--bind', '127.0.0.1']\n"
+        "with LocalServer('http.server', cmd, port, Path(sys.argv[1]), ready_path='/', startup_timeout=30):\n"
+        "    print(port, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    args = [sys.executable, str(script), str(tmp_path / "s.log")]
+    parent = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    port = int(parent.stdout.readline())  # type: ignore[union-attr]
+    assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).ok
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"http://127.0.0.1:{port}/", timeout=1)
+        except requests.ConnectionError:
+            return
+        time.sleep(0.2)
+    pytest.fail("the server outlived the run that started it")
