@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -113,8 +113,11 @@ class LocalServer:
 
     It runs in its own process group (servers such as vLLM spawn workers), writes to ``log_path``, and counts
     as ready when ``GET ready_url`` answers 2xx; one that exits or is not ready within ``startup_timeout``
-    raises :class:`BackendError` with the end of its log.
+    raises :class:`BackendError` with the end of its log. While it runs it is listed in :meth:`running`, so a
+    run in this process stops within seconds if it dies (:mod:`crescent_distilabel.watchdog`).
     """
+
+    _running: ClassVar[list[LocalServer]] = []
 
     def __init__(
         self, name: str, command: list[str], port: int, log_path: Path, *, ready_path: str, startup_timeout: float
@@ -140,6 +143,7 @@ class LocalServer:
                     raise BackendError(f"{self.name} exited with code {self._proc.returncode}:\n{self.log_tail()}")
                 with contextlib.suppress(requests.RequestException):
                     if requests.get(self.ready_url, timeout=2).ok:
+                        LocalServer._running.append(self)
                         return self
                 if time.monotonic() > deadline:
                     raise BackendError(
@@ -154,6 +158,16 @@ class LocalServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @classmethod
+    def running(cls) -> list[LocalServer]:
+        """The servers started in this process and not stopped yet."""
+        return list(cls._running)
+
+    def exit_code(self) -> int | None:
+        """The server's exit code once it has exited on its own (None while it runs, or after :meth:`stop`)."""
+        proc = self._proc
+        return None if proc is None else proc.poll()
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -163,6 +177,8 @@ class LocalServer:
     def stop(self) -> None:
         """SIGTERM the server's process group, SIGKILL after 30 s."""
         proc, self._proc = self._proc, None
+        with contextlib.suppress(ValueError):
+            LocalServer._running.remove(self)
         if proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):

@@ -1,6 +1,7 @@
 """The ``crescent`` command line.
 
 - ``crescent generate RECIPE --set key=value``: run a recipe (and its ``publish`` section).
+- ``crescent doctor [RECIPE]``: check this machine for a recipe, with the fix for each failure.
 - ``crescent publish OUTPUT_DIR REPO_ID``: publish a run to the Hugging Face Hub.
 - ``crescent review push OUTPUT_DIR`` / ``crescent review pull OUTPUT_DIR``: spot-checks in Argilla and back.
 - ``crescent decontaminate OUTPUT_DIR``: check questions against GSM8K/SVAMP/ASDiv/MATH-500 (``--drop``).
@@ -69,7 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="run a recipe: bait prompting -> diversification -> consensus")
     show = sub.add_parser("show-recipe", help="print a recipe with every default filled in, after --set")
-    for p in (gen, show):
+    doctor = sub.add_parser(
+        "doctor",
+        help="check this machine for a recipe: extras, llama.cpp build, models generate, servers answer",
+        description="Checks what a run needs (under a minute) and prints the fix for each failure. Exit 1 if "
+        "any check fails.",
+    )
+    doctor.add_argument("--timeout", type=float, default=60.0, help="seconds a model may take for one token")
+    for p in (gen, show, doctor):
         p.add_argument("recipe", nargs="?", help="recipe YAML file (default: all defaults)")
         p.add_argument(
             "--set",
@@ -83,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument(
         "--overwrite",
         action="store_true",
-        help="delete what output_dir holds and start over (default: continue a run)",
+        help="start over: remove what earlier runs wrote in output_dir, never other files (default: continue)",
     )
+    gen.add_argument("--verbose", action="store_true", help="also show distilabel's log (always in pipeline.log)")
+    gen.add_argument("--no-progress", action="store_true", help="no live progress display")
     gen.add_argument("--ray", action="store_true", help="run on Ray (ray.enabled=true; needs the [ray] extra)")
     gen.add_argument(
         "--ray-address",
@@ -116,14 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "show-recipe":
         print(dump_recipe(recipe), end="")
         return 0
+    if args.command == "doctor":
+        from crescent_distilabel.doctor import report, run_doctor, versions
+
+        checks = run_doctor(recipe if args.recipe or args.overrides else None, timeout=args.timeout)
+        print(report(checks, versions()))
+        return 1 if any(c.status == "fail" for c in checks) else 0
 
     from crescent_distilabel.backends import BackendError
-    from crescent_distilabel.pipeline import OutputExistsError, RecipeChangedError, run_recipe
+    from crescent_distilabel.pipeline import OutputExistsError, RecipeChangedError, StepLoadError, run_recipe
     from crescent_distilabel.ray_cluster import RayClusterError
 
     try:
-        result = run_recipe(recipe, overwrite=args.overwrite)
-    except (BackendError, OutputExistsError, RecipeChangedError, RayClusterError) as err:
+        result = run_recipe(recipe, overwrite=args.overwrite, show_progress=not args.no_progress, verbose=args.verbose)
+    except (BackendError, OutputExistsError, RecipeChangedError, RayClusterError, StepLoadError) as err:
         print(f"crescent: {err}", file=sys.stderr)
         return 1
     _summary_table(result)

@@ -48,6 +48,9 @@ class SentenceEmbeddings(SentenceTransformerEmbeddings):
 
     def load(self) -> None:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per step process would cut through progress
 
         if self.device == "cuda":
             CudaDevicePlacementMixin.load(self)

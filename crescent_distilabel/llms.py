@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,10 @@ from distilabel.typing import FormattedInput, GenerateOutput
 from pydantic import Field, FilePath, PrivateAttr
 
 MAX_SEED = 2**31 - 1
+
+# distilabel's LlamaCppLLM validator returns a new object, which pydantic >= 2.12 warns about at every
+# construction; harmless, and nothing a user can act on.
+warnings.filterwarnings("ignore", message="A custom validator is returning a value other than `self`")
 
 
 def derive_seed(seed: int, *parts: object) -> int:

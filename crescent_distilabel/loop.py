@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from crescent_distilabel.evaluation import DEFAULT_TASKS, TASKS, EvalReport
@@ -79,11 +78,12 @@ class LoopRecipe(_Section):
 
 
 def load_loop_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> LoopRecipe:
+    from crescent_distilabel.recipe import read_mapping
+
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise LoopError(f"cannot read loop recipe {path}: {err}") from None
+    if not path.is_file():
+        raise LoopError(f"loop recipe file not found: {path}")
+    data = read_mapping(path, LoopError, "loop recipe")
     data.update(overrides or {})
     try:
         recipe = LoopRecipe(**data, base_dir=str(path.parent))

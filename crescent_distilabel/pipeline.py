@@ -13,7 +13,9 @@ import logging
 import platform
 import shutil
 import time
+import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,13 +24,21 @@ from distilabel.pipeline import Pipeline
 
 from crescent_distilabel import ray_cluster
 from crescent_distilabel.backends import build_llm
-from crescent_distilabel.card import dataset_card, models_in
 from crescent_distilabel.cleaning import DROP_REASONS
 from crescent_distilabel.embeddings import SentenceEmbeddings
 from crescent_distilabel.recipe import Recipe, changed_settings, dump_recipe
-from crescent_distilabel.run_dir import RUN_FILE, STATE_DIR, atomic_write, save_config
+from crescent_distilabel.run_dir import (
+    DECONTAMINATION,
+    RUN_FILE,
+    RUN_MARKER,
+    STATE_DIR,
+    RunDir,
+    atomic_write,
+    clear_run,
+    save_config,
+)
 from crescent_distilabel.steps import BaitCalls, BaitPrompting, BaitSampling, Consensus, Diversify
-from crescent_distilabel.steps._llm import ABORT
+from crescent_distilabel.steps._llm import ABORT, WORKER
 from crescent_distilabel.store import ProgressStore, StageStats, stage_throughput
 from crescent_distilabel.vllm_backend import needs_server, serve_models
 
@@ -43,12 +53,17 @@ if TYPE_CHECKING:
     from crescent_distilabel.argilla_io import PushResult
     from crescent_distilabel.hub import PublishResult
 
-CONSENSUS_REASONS = ("no_answer", "tie", "low_agreement")
+BAIT_REASONS = (*DROP_REASONS, "rejected")
+CONSENSUS_REASONS = ("no_answer", "tie", "low_agreement", "answer_rejected")
 LOCAL_BACKENDS = ("llamacpp", "transformers")
 
 
 class OutputExistsError(FileExistsError):
     """The output directory holds something that is not a CRESCENT run."""
+
+
+class StepLoadError(RuntimeError):
+    """A step could not load (its model, its embedding model); nothing was generated."""
 
 
 def build_pipeline(
@@ -256,7 +271,7 @@ def summarize(rows: list[dict[str, Any]], wall_time_s: float = 0.0) -> RunSummar
     """Counts per stage and per drop reason, and token usage, from the final rows."""
     reasons = Counter(final_reason(row) for row in rows)
     kept = reasons.pop(None, 0)
-    bait_drops = sum(n for r, n in reasons.items() if r in DROP_REASONS)
+    bait_drops = sum(n for r, n in reasons.items() if r in BAIT_REASONS)
     consensus_drops = sum(n for r, n in reasons.items() if r in CONSENSUS_REASONS or r == "generation_failed")
     return RunSummary(
         raw_samples=len(rows),
@@ -278,7 +293,9 @@ def summarize(rows: list[dict[str, Any]], wall_time_s: float = 0.0) -> RunSummar
 def sort_rows(rows: Dataset) -> Dataset:
     """Rows in bait order: the last step's replicas (on Ray) finish batches in any order."""
     if len(rows) and {"bait_call", "bait_sample"} <= set(rows.column_names):
-        return rows.sort(["bait_call", "bait_sample"])
+        with warnings.catch_warnings():  # pyarrow >= 25 deprecates an option datasets' sort passes
+            warnings.filterwarnings("ignore", message=".*null_placement", category=FutureWarning)
+            return rows.sort(["bait_call", "bait_sample"])
     return rows
 
 
@@ -335,16 +352,20 @@ def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool) -> boo
         RecipeChangedError: the earlier run used settings that change results (names them).
         OutputExistsError: the directory holds something that is not a CRESCENT run.
     """
-    saved = output_dir / STATE_DIR / "recipe.json"
+    saved = output_dir / RUN_MARKER
     resumed = False
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputExistsError(f"output_dir {output_dir} is a file; choose a directory")
     if output_dir.exists() and any(output_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(output_dir)
-        elif not saved.is_file():
+        if not saved.is_file():  # never delete what a run did not write, --overwrite or not
+            held = sorted(p.name for p in output_dir.iterdir())
+            shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
             raise OutputExistsError(
-                f"{output_dir} is not empty and holds no CRESCENT run; choose another output_dir or pass "
-                "--overwrite to delete it"
+                f"{output_dir} is not empty ({shown}) and holds no CRESCENT run ({RUN_MARKER} is missing); "
+                "nothing in it was touched. Choose a new or empty output_dir."
             )
+        if overwrite:  # only what runs write; the user's own files stay
+            clear_run(output_dir)
         else:
             old = json.loads(saved.read_text())
             changes = changed_settings(old, recipe.result_settings())
@@ -372,6 +393,8 @@ def run_recipe(
     answer_llm: LLM | None = None,
     embeddings: Embeddings | None = None,
     consensus_step: type[Consensus] = Consensus,
+    show_progress: bool = True,
+    verbose: bool = False,
 ) -> RunResult:
     """Run a recipe end to end, or continue it: write the Distiset, ``pipeline.yaml`` and ``crescent_run.json``.
 
@@ -381,7 +404,9 @@ def run_recipe(
 
     Args:
         recipe: the run's settings.
-        overwrite: delete whatever ``output_dir`` holds and start over.
+        overwrite: start over: remove what earlier runs wrote in ``output_dir`` (never other files).
+        show_progress: draw live progress on stderr while the run goes.
+        verbose: show distilabel's own log on the console too (it always goes to the run's pipeline.log).
         question_llm: any distilabel LLM instead of the recipe's question model.
         answer_llm: any distilabel LLM instead of the recipe's answer model.
         embeddings: the diversification embedding model instead of the recipe's (see :func:`build_pipeline`).
@@ -409,7 +434,7 @@ def run_recipe(
                 resumed = prepare_output_dir(output_dir, recipe, overwrite)
             if recipe.ray.enabled:
                 pipeline = ray_cluster.to_ray(pipeline)
-            result = _execute(recipe, pipeline, output_dir, resumed)
+            result = _execute(recipe, pipeline, output_dir, resumed, show_progress=show_progress, verbose=verbose)
     finally:
         if started_ray:
             ray_cluster.disconnect()
@@ -418,32 +443,139 @@ def run_recipe(
     return result
 
 
-def _execute(recipe: Recipe, pipeline: Pipeline, output_dir: Path, resumed: bool) -> RunResult:
+@contextlib.contextmanager
+def distilabel_hooks(verbose: bool) -> Iterator[None]:
+    """Two adjustments to distilabel 1.5.3's logging while a pipeline runs.
+
+    - Its INFO log goes to the run's log file only (errors still reach the console), unless ``verbose``:
+      distilabel always adds a console handler next to its log file; this raises it to ERROR.
+    - Stopping its log listener cannot hang: a step process that died while writing a log record can leave
+      the log queue's lock held or half a record in its pipe, and the listener's ``stop`` then waits forever.
+      After 5 s the listener (a daemon thread) is abandoned, with a warning.
+    """
+    import distilabel.pipeline.base as base
+    import distilabel.pipeline.local as local
+    import distilabel.utils.logging as dl_logging
+    from rich.logging import RichHandler
+
+    original_setup, original_stop = base.setup_logging, local.stop_logging
+
+    def setup(*args: Any, **kwargs: Any) -> None:
+        original_setup(*args, **kwargs)
+        listener = dl_logging.queue_listener
+        for handler in getattr(listener, "handlers", ()):
+            if isinstance(handler, RichHandler) and not verbose:
+                handler.setLevel(logging.ERROR)
+
+    def stop() -> None:
+        listener = dl_logging.queue_listener
+        thread = getattr(listener, "_thread", None)
+        if listener is None or thread is None:
+            return original_stop()
+        queue = listener.queue
+        listener.enqueue_sentinel()
+        thread.join(timeout=5)
+        if thread.is_alive():
+            logger.warning(
+                "the log listener did not stop (a step process died while logging); pipeline.log may end early"
+            )
+            with contextlib.suppress(Exception):
+                queue.cancel_join_thread()  # type: ignore[attr-defined]
+        else:
+            with contextlib.suppress(Exception):
+                queue.close()  # type: ignore[attr-defined]
+        listener._thread = None
+        dl_logging.queue_listener = None
+
+    base.setup_logging, local.stop_logging = setup, stop
+    try:
+        yield
+    finally:
+        base.setup_logging, local.stop_logging = original_setup, original_stop
+
+
+def _execute(
+    recipe: Recipe, pipeline: Pipeline, output_dir: Path, resumed: bool, *, show_progress: bool, verbose: bool
+) -> RunResult:
     """Run the built pipeline and write everything a run leaves in ``output_dir``."""
-    from datasets import DatasetDict
-    from distilabel.distiset import Distiset
+    import datasets
+
+    from crescent_distilabel.backends import LocalServer
+    from crescent_distilabel.progress import ProgressDisplay
+    from crescent_distilabel.watchdog import Watchdog
 
     db_path = progress_path(output_dir)
     store = ProgressStore(db_path)
     store.clear_state(ABORT)
+    for name in store.states(WORKER):  # PIDs of an earlier attempt's processes
+        store.clear_state(name)
     before = store.count_generations()
     started_at = time.time()
     start = time.perf_counter()
-    raw = pipeline.run(use_cache=False)
-    wall = time.perf_counter() - start
-    if raw:
-        rows = sort_rows(next(iter(raw.values()))["train"])
-    else:  # interrupted before any row reached the last step
-        from datasets import Dataset
+    expected = recipe.bait.num_calls * recipe.bait.samples_per_call
+    progress = (
+        ProgressDisplay(
+            db_path,
+            expected,
+            samples_per_call=recipe.bait.samples_per_call,
+            diversify=recipe.diversify.enabled,
+            pipeline=pipeline,
+        )
+        if show_progress
+        else contextlib.nullcontext()
+    )
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # the run shows its own progress; datasets' bars would interleave
+    try:
+        with distilabel_hooks(verbose), Watchdog(pipeline, db_path, LocalServer.running()) as watchdog, progress:
+            try:
+                raw = pipeline.run(use_cache=False)
+            except RuntimeError as err:  # distilabel: "Failed to load all the steps"
+                if watchdog.death is None:
+                    cause = err.__cause__ or err
+                    log = _newest(output_dir, "pipeline.log")
+                    raise StepLoadError(
+                        f"a step could not load: {type(cause).__name__}: {cause}; nothing was generated"
+                        + (f" (the traceback is in {log})" if log else "")
+                    ) from None
+                raw = None
+        wall = time.perf_counter() - start
+        if raw:  # a Distiset with the last step's rows
+            rows = sort_rows(next(iter(raw.values()))["train"])
+        else:  # stopped before any row reached the last step
+            from datasets import Dataset
 
-        rows = Dataset.from_dict({"drop_reason": []})
+            rows = Dataset.from_dict({"drop_reason": []})
+        return _write_run(recipe, output_dir, raw, rows, store, resumed, before, started_at, wall, watchdog.death)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _write_run(
+    recipe: Recipe,
+    output_dir: Path,
+    raw: Distiset | None,
+    rows: Dataset,
+    store: ProgressStore,
+    resumed: bool,
+    before: int,
+    started_at: float,
+    wall: float,
+    death: Any,
+) -> RunResult:
+    """The Distiset, card, recipe and run record of a finished (or stopped) run."""
+    from datasets import DatasetDict
+    from distilabel.distiset import Distiset
+
     kept, dropped = split_rows(rows)
+    kept = reapply_derived(output_dir, kept)
     summary = summarize(rows.to_list(), wall)
     summary.stages = stage_throughput(store.generation_spans(), started_at)
     summary.generated_tokens = sum(stage.output_tokens for stage in summary.stages.values())
     summary.gpus = gpus_used(recipe)
     expected = recipe.bait.num_calls * recipe.bait.samples_per_call
-    failure = store.get_state(ABORT)
+    failure = death.message() if death is not None else store.get_state(ABORT)
     complete = failure is None and summary.raw_samples == expected
     message = ""
     if not complete:
@@ -453,19 +585,45 @@ def _execute(recipe: Recipe, pipeline: Pipeline, output_dir: Path, resumed: bool
             "re-run the same command to continue."
         )
     distiset = Distiset({"default": DatasetDict(train=kept), "dropped": DatasetDict(train=dropped)})
-    distiset.pipeline_path = raw.pipeline_path
-    distiset.log_filename_path = raw.log_filename_path
+    if raw is not None:
+        pipeline_path, log_path = raw.pipeline_path, raw.log_filename_path
+    else:  # stopped before distilabel made a Distiset
+        pipeline_path, log_path = _newest(output_dir, "pipeline.yaml"), _newest(output_dir, "pipeline.log")
+    if pipeline_path is not None:
+        distiset.pipeline_path = pipeline_path
+    if log_path is not None:
+        distiset.log_filename_path = log_path
     save_distiset(distiset, output_dir)
-    agreements = kept["agreement"] if "agreement" in kept.column_names else []
-    atomic_write(output_dir / "README.md", dataset_card(recipe, summary.to_dict(), agreements, models=models_in(rows)))
     atomic_write(output_dir / "recipe.yaml", dump_recipe(recipe))
     result = RunResult(
         distiset, summary, output_dir, complete, message, resumed, before, store.count_generations() - before
     )
     atomic_write(output_dir / RUN_FILE, json.dumps(run_record(recipe, result), indent=2) + "\n")
+    RunDir(output_dir).write_card()  # with the review and decontamination sections of earlier passes
     store.close()
     shutil.rmtree(output_dir / ".distilabel", ignore_errors=True)
     return result
+
+
+def _newest(output_dir: Path, name: str) -> Path | None:
+    """The newest file of that name in distilabel's cache of this run (its pipeline.yaml and pipeline.log)."""
+    found = sorted((output_dir / ".distilabel").rglob(name), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def reapply_derived(output_dir: Path, kept: Dataset) -> Dataset:
+    """Keep what was applied on top of an earlier pass of this run: rows that ``decontaminate --drop`` moved
+    to the ``contaminated`` config stay out of ``default`` when the run is written again (a re-run, or the
+    loop continuing after a crash), instead of silently coming back."""
+    report = RunDir.report_at(output_dir, DECONTAMINATION)
+    if not report or not report.get("dropped") or report.get("config", "default") != "default" or not len(kept):
+        return kept
+    if not (output_dir / "contaminated" / "dataset_dict.json").is_file():
+        return kept
+    from datasets import load_from_disk
+
+    moved = set(load_from_disk(str(output_dir / "contaminated"))["train"]["question"])
+    return kept.filter(lambda q: q not in moved, input_columns="question", keep_in_memory=True)
 
 
 def publish_outputs(recipe: Recipe, result: RunResult) -> None:

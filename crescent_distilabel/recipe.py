@@ -302,6 +302,22 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def read_mapping(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
+    """A YAML file that must hold a non-empty mapping; anything else (empty, ``null``, ``0``, a list) is an
+    ``error`` naming the file, never a run with every default."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"cannot read {what} file {path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise error(f"{path} is not valid YAML: {err}") from None
+    if data is None or data == {}:
+        raise error(f"{what} file {path} is empty: write its keys (see `crescent show-recipe`)")
+    if not isinstance(data, dict):
+        raise error(f"{what} file {path} must be a mapping of keys to values, but holds a {type(data).__name__}")
+    return data
+
+
 def load_recipe(source: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read and validate a recipe from a YAML file (or a dict), then apply ``key=value`` overrides.
 
@@ -316,10 +332,7 @@ def load_recipe(source: str | Path | dict[str, Any] | None = None, overrides: li
         path = Path(source)
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise RecipeError(f"{path} is not valid YAML: {err}") from None
+        data = read_mapping(path, RecipeError, "recipe")
     if not isinstance(data, dict):
         raise RecipeError(f"a recipe is a mapping of keys to values, got {type(data).__name__}")
     for item in overrides or []:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,47 @@ class RunDirError(FileNotFoundError):
     """The directory is not a finished CRESCENT run."""
 
 
+RUN_MARKER = f"{STATE_DIR}/recipe.json"
+"""What makes a directory a CRESCENT run: the settings its first run saved (see ``pipeline.prepare_output_dir``)."""
+RUN_ENTRIES = (
+    *CONFIG_ORDER,
+    "distiset_configs",
+    "README.md",
+    "recipe.yaml",
+    RUN_FILE,
+    REVIEW_REPORT,
+    DECONTAMINATION,
+    ".published",
+    ".distilabel",
+    STATE_DIR,
+)
+"""Everything a run (and publishing, review, decontamination) writes in its output directory: ``--overwrite``
+removes these and nothing else."""
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / RUN_MARKER).is_file()
+
+
+def clear_run(output_dir: Path) -> list[str]:
+    """Remove what runs wrote in ``output_dir`` (:data:`RUN_ENTRIES`), leaving any other file; returns the names
+    removed. Refuses a directory that holds no run, so no user file is ever deleted."""
+    output_dir = Path(output_dir)
+    if not is_run_dir(output_dir):
+        raise RunDirError(f"{output_dir} holds no CRESCENT run ({RUN_MARKER} missing): nothing to overwrite")
+    removed = []
+    for name in RUN_ENTRIES:  # the marker (in STATE_DIR) goes last, so an interrupted clear can be repeated
+        path = output_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write a file so a reader (or a killed writer) never sees half of it."""
     tmp = path.with_name(path.name + ".tmp")
@@ -39,16 +81,47 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put directory ``new`` at ``target``, so that ``target`` always holds the old or the new one whole.
+
+    With an existing target the two are exchanged atomically (then the old one, now at ``new``, is removed);
+    where the kernel cannot exchange, the old one is moved aside first and the new one renamed in.
+    """
+    if not target.exists():
+        os.replace(new, target)
+        return
+    if not _exchange(new, target):
+        aside = new.with_name(new.name + ".old")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(target, aside)
+        os.replace(new, target)
+        new = aside
+    shutil.rmtree(new)
+
+
 def save_config(output_dir: Path, name: str, dataset: Dataset) -> None:
-    """Save one config's train split, replacing the old one whole (never half old, half new); an empty split
-    is saved as one shard so ``load_from_disk`` can read it."""
+    """Save one config's train split, replacing the old one whole (never half old, half new, never missing); an
+    empty split is saved as one shard so ``load_from_disk`` can read it."""
     from datasets import DatasetDict
 
     tmp = output_dir / STATE_DIR / f"saving-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     DatasetDict(train=dataset).save_to_disk(str(tmp), num_shards={"train": 1} if len(dataset) == 0 else None)
-    shutil.rmtree(output_dir / name, ignore_errors=True)
-    os.replace(tmp, output_dir / name)
+    replace_dir(tmp, output_dir / name)
 
 
 @dataclass
@@ -84,8 +157,13 @@ class RunDir:
         save_config(self.path, config, dataset)
 
     def report(self, name: str) -> dict[str, Any] | None:
-        path = self.path / name
-        return json.loads(path.read_text()) if path.is_file() else None
+        return self.report_at(self.path, name)
+
+    @staticmethod
+    def report_at(path: Path, name: str) -> dict[str, Any] | None:
+        """A JSON report in a run directory (None when absent), also before the run record exists."""
+        file = Path(path) / name
+        return json.loads(file.read_text()) if file.is_file() else None
 
     def write_report(self, name: str, data: dict[str, Any]) -> None:
         atomic_write(self.path / name, json.dumps(data, indent=2) + "\n")

@@ -31,10 +31,15 @@ CREATE TABLE IF NOT EXISTS decisions (
     stage TEXT NOT NULL, item TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT, created REAL NOT NULL,
     PRIMARY KEY (stage, item));
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rejections (
+    key TEXT PRIMARY KEY, stage TEXT NOT NULL, message TEXT NOT NULL, created REAL NOT NULL);
 """
 _CHUNK = 500  # SQLite host parameters per query stay well under its limit
 # added after the first release: stores written before lack them (started NULL: unknown; requests: 1)
-_ADDED_COLUMNS = {"started": "started REAL", "requests": "requests INTEGER NOT NULL DEFAULT 1"}
+_ADDED_COLUMNS = {
+    "generations": {"started": "started REAL", "requests": "requests INTEGER NOT NULL DEFAULT 1"},
+    "parts": {"stage": "stage TEXT", "created": "created REAL"},  # for live progress (see progress.py)
+}
 STAGES = ("bait", "rewrite", "answer")
 """The LLM stages, in pipeline order, as the steps name them in the store."""
 
@@ -63,10 +68,11 @@ class ProgressStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process; fast commits
         self._db.executescript(_SCHEMA)
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(generations)")}
-        for name, column in _ADDED_COLUMNS.items():
-            if name not in have:
-                self._db.execute(f"ALTER TABLE generations ADD COLUMN {column}")
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, column in columns.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def close(self) -> None:
         self._db.close()
@@ -112,9 +118,12 @@ class ProgressStore:
         rows = self._db.execute("SELECT output FROM parts WHERE key = ? ORDER BY idx", (key,)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
-    def put_part(self, key: str, idx: int, output: dict[str, Any]) -> None:
-        """Commit one answered request of a multi-request generation (servers that ignore ``n``)."""
-        self._db.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?)", (key, idx, json.dumps(output)))
+    def put_part(self, key: str, idx: int, output: dict[str, Any], stage: str = "") -> None:
+        """Commit one answered request of a generation (several when a server ignores ``n``)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO parts (key, idx, output, stage, created) VALUES (?, ?, ?, ?, ?)",
+            (key, idx, json.dumps(output), stage, time.time()),
+        )
 
     def generation_spans(self) -> list[tuple[str, float, float, int, int]]:
         """Every stored generation as (stage, started, created, output tokens, requests); ``started`` is
@@ -129,6 +138,25 @@ class ProgressStore:
         if stage is None:
             return self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
         return self._db.execute("SELECT COUNT(*) FROM generations WHERE stage = ?", (stage,)).fetchone()[0]
+
+    # requests the server refused (deterministic: never sent again)
+    def get_rejections(self, keys: Sequence[str]) -> dict[str, str]:
+        """The server's message for each key it rejected (an HTTP 4xx other than 429, or an in-process error)."""
+        return dict(self._select("SELECT key, message FROM rejections WHERE key IN ({})", keys))
+
+    def put_rejections(self, stage: str, rejected: Iterable[tuple[str, str]]) -> None:
+        """Commit rejected requests as (key, the server's message)."""
+        now = time.time()
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO rejections VALUES (?, ?, ?, ?)", [(k, stage, m, now) for k, m in rejected]
+            )
+
+    def count_rejections(self, stage: str | None = None) -> int:
+        if stage is None:
+            return self._db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM rejections WHERE stage = ?", (stage,)).fetchone()[0]
 
     # embeddings
     def get_embeddings(self, model: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -167,6 +195,11 @@ class ProgressStore:
 
     def clear_state(self, name: str) -> None:
         self._db.execute("DELETE FROM state WHERE name = ?", (name,))
+
+    def states(self, prefix: str) -> dict[str, str]:
+        """Every state whose name starts with ``prefix``."""
+        rows = self._db.execute("SELECT name, value FROM state WHERE name LIKE ?", (prefix.replace("%", "") + "%",))
+        return dict(rows.fetchall())
 
 
 @dataclass

@@ -69,6 +69,71 @@ def llamacpp_server(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory
         yield base_url
 
 
+# A tiny real run against the llama.cpp server, shared by the crash-safety and failure tests.
+TINY = {
+    "seed": 11,
+    "bait": {"num_calls": 3, "samples_per_call": 4},
+    "sampling": {"max_new_tokens": 64, "temperature": 0.7},
+    "diversify": {"batch_size": 4},
+    "consensus": {"k": 3, "batch_size": 2},
+}
+
+
+def openai_recipe(url: str, output_dir: Path, **model) -> dict:
+    return {
+        **TINY,
+        "output_dir": str(output_dir),
+        "question_model": {"backend": "openai", "model": "smollm2", "base_url": url, **model},
+    }
+
+
+def cli_args(url: str, output_dir: Path) -> list[str]:
+    """``crescent generate`` for the TINY recipe against ``url``, as a subprocess command line."""
+    args = [sys.executable, "-m", "crescent_distilabel.cli", "generate", "--output-dir", str(output_dir)]
+    for key, value in [("question_model.backend", "openai"), ("question_model.model", "smollm2"),
+                       ("question_model.base_url", url), ("seed", 11), ("bait.num_calls", 3),
+                       ("bait.samples_per_call", 4), ("sampling.max_new_tokens", 64), ("sampling.temperature", 0.7),
+                       ("diversify.batch_size", 4), ("consensus.k", 3), ("consensus.batch_size", 2)]:  # fmt: skip
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+def dataset(output_dir: Path) -> dict[str, list[dict]]:
+    from datasets import load_from_disk
+
+    return {c: load_from_disk(str(output_dir / c / "train")).to_list() for c in ("default", "dropped")}
+
+
+def count_rows(db: Path, sql: str, since: float = 0.0) -> int:
+    """A count from a run's progress store while the run writes it (0 when not there yet)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return conn.execute(sql, (since,)).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.fixture(scope="session")
+def reference(llamacpp_server: str, tmp_path_factory: pytest.TempPathFactory):
+    """An uninterrupted TINY run through a counting proxy: its dataset and how many requests it took."""
+    from fault_proxy import FaultProxy
+
+    from crescent_distilabel import load_recipe, run_recipe
+
+    proxy = FaultProxy(llamacpp_server).start()
+    out = tmp_path_factory.mktemp("reference") / "run"
+    try:
+        result = run_recipe(load_recipe(openai_recipe(proxy.url, out)))
+    finally:
+        proxy.stop()
+    assert result.complete and proxy.repeated == 0
+    return dataset(out), proxy.requests
+
+
 # A small finished run with known answers and agreements, made by the real pipeline around scripted FakeLLMs
 # (fast and exact); publishing and review tests copy it. The real-model path is in test_end_to_end.py.
 REVIEW_QUESTIONS = {
@@ -84,22 +149,25 @@ REVIEW_QUESTIONS = {
 @pytest.fixture(scope="session")
 def review_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run: 6 kept pairs, agreement 1.00 (3) and 0.67 (3), 1 dropped; copy it before changing it."""
+    out = tmp_path_factory.mktemp("review_run") / "run"
+    result = make_review_run(out)
+    assert result.complete and result.summary.kept == 6, result.summary
+    return out
+
+
+def make_review_run(out: Path):  # type: ignore[no-untyped-def]
+    """Run (or re-run) the review test recipe into ``out`` with its scripted FakeLLMs."""
     from fakes import FakeLLM
 
     from crescent_distilabel import load_recipe, run_recipe
 
-    out = tmp_path_factory.mktemp("review_run") / "run"
     questions = [q for q, _ in REVIEW_QUESTIONS.values()] + ["I love inventing unique and diverse problems!"]
     answers = {key: [f"Let me think step by step.\n#### Answer: {a}" for a in ans] for key, (_, ans) in
                REVIEW_QUESTIONS.items()}  # fmt: skip
     recipe = load_recipe(
         {"name": "crescent-review-test", "output_dir": str(out), "bait": {"num_calls": 1, "samples_per_call": 7}}
     )
-    result = run_recipe(
-        recipe, question_llm=FakeLLM(rules={"creativity": questions}), answer_llm=FakeLLM(rules=answers)
-    )
-    assert result.complete and result.summary.kept == 6, result.summary
-    return out
+    return run_recipe(recipe, question_llm=FakeLLM(rules={"creativity": questions}), answer_llm=FakeLLM(rules=answers))
 
 
 @pytest.fixture

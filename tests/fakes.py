@@ -19,12 +19,14 @@ class FakeLLM(LLM):
     Attributes:
         rules: substring of the last user message -> replies, handed out in order (cycling).
         default: the reply when no rule matches.
-        fail_on: prompts containing this raise an error, like a backend that fails mid-run.
+        fail_on: prompts containing this raise an error: ``ConnectionError`` (a backend going down mid-run,
+            transient) or, with ``refuse=True``, ``ValueError`` (an in-process backend refusing that prompt).
     """
 
     rules: dict[str, list[str]] = Field(default_factory=dict)
     default: str = ""
     fail_on: str | None = None
+    refuse: bool = False
     _cursor: dict[str, int] = PrivateAttr(default_factory=dict)
     _prompts: list[str] = PrivateAttr(default_factory=list)
 
@@ -63,7 +65,8 @@ class FakeLLM(LLM):
             prompt = chat[-1]["content"]
             self._prompts.append(prompt)
             if self.fail_on and self.fail_on in prompt:
-                raise RuntimeError(f"FakeLLM fails on purpose for a prompt containing {self.fail_on!r}")
+                error = ValueError if self.refuse else ConnectionError
+                raise error(f"FakeLLM fails on purpose for a prompt containing {self.fail_on!r}")
             texts = [self._reply(prompt) for _ in range(num_generations)]
             outputs.append(
                 {
@@ -75,3 +78,35 @@ class FakeLLM(LLM):
                 }
             )
         return outputs
+
+
+class CrashingLLM(FakeLLM):
+    """A FakeLLM that ends its own process when it gets a prompt containing ``crash_on``: ``os._exit(7)`` or
+    ``abort()`` (SIGABRT, as a native library that aborts), like a backend taking its step process down.
+
+    Attributes:
+        crash_on: the prompt substring that kills the process.
+        how: ``"exit"`` or ``"abort"``.
+    """
+
+    crash_on: str = ""
+    how: str = "exit"
+
+    def generate(  # type: ignore[override]
+        self,
+        inputs: list[Any],
+        num_generations: int = 1,
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ) -> list[GenerateOutput]:
+        import os
+
+        if self.crash_on and any(self.crash_on in chat[-1]["content"] for chat in inputs):
+            if self.how == "abort":
+                import faulthandler
+
+                faulthandler.disable()  # pytest's handler would print every thread's stack into the test log
+                os.abort()
+            os._exit(7)
+        return super().generate(inputs, num_generations, max_new_tokens, temperature, top_p)

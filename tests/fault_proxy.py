@@ -3,7 +3,10 @@
 It forwards requests to the real upstream (the llama.cpp server the tests start), counts every chat request
 by its body (so repeated requests can be counted), tracks requests in flight, and can misbehave on purpose:
 ``500`` (an error status), ``hang`` (no answer until the client times out), ``garbage`` (200 with a body
-that is not JSON), ``drop`` (the connection closes without an answer), ``down`` (503 for everything).
+that is not JSON), ``drop`` (the connection closes without an answer), ``down`` (503 for everything); and it
+can refuse requests as a server refuses a prompt it will never accept (HTTP 400, as vLLM answers a prompt over
+the context length): the first request containing ``reject_first`` and every later copy of it, or every
+request containing ``reject_all``.
 """
 
 from __future__ import annotations
@@ -27,9 +30,18 @@ class FaultProxy:
         hang_seconds: how long a "hang" holds the request unanswered (longer than the client's timeout).
     """
 
-    def __init__(self, upstream: str, faults: list[str] | None = None, hang_seconds: float = 50.0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        faults: list[str] | None = None,
+        hang_seconds: float = 50.0,
+        reject_first: str | None = None,
+        reject_all: str | None = None,
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         self.faults = list(faults or [])
+        self.reject_first, self.reject_all = reject_first, reject_all
+        self.rejected: Counter[str] = Counter()  # body digest -> times refused
         self.down = False
         self.bodies: Counter[str] = Counter()
         self.answered = 0
@@ -94,6 +106,18 @@ class FaultProxy:
                 if proxy.down:
                     return self._reply(503, b'{"error": "down"}')
                 digest = hashlib.sha256(json.dumps(json.loads(body), sort_keys=True).encode()).hexdigest()
+                text = body.decode()
+                with proxy._lock:
+                    refuse = digest in proxy.rejected or bool(proxy.reject_all and proxy.reject_all in text)
+                    if not refuse and proxy.reject_first and proxy.reject_first in text and not proxy.rejected:
+                        refuse = True
+                    if refuse:
+                        proxy.bodies[digest] += 1
+                        proxy.rejected[digest] += 1
+                if refuse:
+                    message = "This model's maximum context length is 2048 tokens (injected refusal)"
+                    error = {"error": {"message": message, "type": "invalid_request_error", "code": 400}}
+                    return self._reply(400, json.dumps(error).encode())
                 fault = proxy._next_fault()
                 with proxy._lock:
                     proxy.bodies[digest] += 1

@@ -148,6 +148,12 @@ def test_push_review_pull_round_trip(argilla_server, hub, run_copy: Path, tmp_pa
     card = (run_copy / "README.md").read_text()
     assert "## Human review (Argilla)" in card and "config_name: reviewed" in card
     assert load_from_disk(str(run_copy / "default"))["train"].num_rows == 6  # the original data is kept as is
+    # re-running the generation does not undo the review: the card keeps its section, the configs stay
+    from conftest import make_review_run
+
+    assert make_review_run(run_copy).resumed
+    assert "## Human review (Argilla)" in (run_copy / "README.md").read_text()
+    assert load_from_disk(str(run_copy / "reviewed"))["train"].to_list() == reviewed
 
     # ... and the reviewed dataset goes to the Hub as its own config (the real clients, the FAKE Hub)
     both = {**env, **hub_env(hub, tmp_path)}

@@ -88,3 +88,12 @@ def test_two_rounds_generate_train_evaluate_publish(tmp_path, smollm2_hf, hub):
     assert "# alice/loop-model-round2" in card and "| gsm8k_0shot | strict-match |" in card and "pts |" in card
     assert "## Decontamination" in hub.file("dataset", "alice/loop-data-round1", "README.md").decode()
     assert not hub.unknown_routes
+
+
+@pytest.mark.parametrize("text", ["", "null\n", "[1, 2]\n", "7\n"])
+def test_an_empty_or_non_mapping_loop_recipe_names_the_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text(text)
+    with pytest.raises(LoopError) as err:
+        load_loop_recipe(path)
+    assert str(path) in str(err.value) and "AttributeError" not in str(err.value)

@@ -106,3 +106,19 @@ def test_every_shipped_recipe_parses() -> None:
     assert recipes, "no generation recipes found under recipes/"
     for path in recipes:
         load_recipe(path)
+
+
+@pytest.mark.parametrize("text", ["", "null\n", "false\n", "0\n", "{}\n", "# only a comment\n"])
+def test_an_empty_recipe_file_is_an_error_naming_the_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_recipe_that_is_not_a_mapping_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- consensus\n- bait\n")
+    with pytest.raises(RecipeError, match=r"list\.yaml must be a mapping of keys to values, but holds a list"):
+        load_recipe(path)

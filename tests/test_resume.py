@@ -7,64 +7,19 @@ import math
 import os
 import secrets
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from datasets import load_from_disk
+from conftest import cli_args, count_rows, dataset, openai_recipe
 from fault_proxy import FaultProxy
 
 from crescent_distilabel import load_recipe, run_recipe
 from crescent_distilabel.pipeline import progress_path
 
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "seed": 11,
-    "bait": {"num_calls": 3, "samples_per_call": 4},
-    "sampling": {"max_new_tokens": 64, "temperature": 0.7},
-    "diversify": {"batch_size": 4},
-    "consensus": {"k": 3, "batch_size": 2},
-}
-
-
-def openai_recipe(url: str, output_dir: Path, **model) -> dict:
-    return {
-        **TINY,
-        "output_dir": str(output_dir),
-        "question_model": {"backend": "openai", "model": "smollm2", "base_url": url, **model},
-    }
-
-
-def dataset(output_dir: Path) -> dict[str, list[dict]]:
-    return {c: load_from_disk(str(output_dir / c / "train")).to_list() for c in ("default", "dropped")}
-
-
-@pytest.fixture(scope="module")
-def reference(llamacpp_server: str, tmp_path_factory: pytest.TempPathFactory):
-    """An uninterrupted run through a counting proxy: its dataset and how many requests it took."""
-    proxy = FaultProxy(llamacpp_server).start()
-    out = tmp_path_factory.mktemp("reference") / "run"
-    try:
-        result = run_recipe(load_recipe(openai_recipe(proxy.url, out)))
-    finally:
-        proxy.stop()
-    assert result.complete and proxy.repeated == 0
-    return dataset(out), proxy.requests
-
-
-def _count(db: Path, sql: str, since: float) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(db, timeout=5) as conn:
-            return conn.execute(sql, (since,)).fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
 
 KILL_POINTS = {  # while bait prompting, while diversifying, while answering
     "bait": "SELECT COUNT(*) FROM generations WHERE stage = 'bait' AND created > ?",
@@ -79,19 +34,14 @@ def test_sigkill_at_every_stage_then_rerun_loses_and_repeats_nothing(
     want, reference_requests = reference
     proxy = FaultProxy(llamacpp_server).start()
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "crescent_distilabel.cli", "generate", "--output-dir", str(out)]
-    for key, value in [("question_model.backend", "openai"), ("question_model.model", "smollm2"),
-                       ("question_model.base_url", proxy.url), ("seed", 11), ("bait.num_calls", 3),
-                       ("bait.samples_per_call", 4), ("sampling.max_new_tokens", 64), ("sampling.temperature", 0.7),
-                       ("diversify.batch_size", 4), ("consensus.k", 3), ("consensus.batch_size", 2)]:  # fmt: skip
-        args += ["--set", f"{key}={value}"]
+    args = cli_args(proxy.url, out)
     in_flight_at_kills = []
     try:
         for stage, sql in KILL_POINTS.items():
             started = time.time()
             proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
             deadline = time.monotonic() + 300
-            while _count(progress_path(out), sql, started) < 1:
+            while count_rows(progress_path(out), sql, started) < 1:
                 assert proc.poll() is None, f"run ended before the {stage} kill point: {proc.stderr.read()[-2000:]}"
                 assert time.monotonic() < deadline, f"{stage} kill point not reached"
                 time.sleep(0.05)
@@ -186,7 +136,7 @@ def test_ctrl_c_stops_with_exit_3_and_the_rerun_completes(tmp_path: Path) -> Non
         args += ["--set", item]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
-    while _count(progress_path(out), "SELECT COUNT(*) FROM generations WHERE created > ?", 0) < 1:
+    while count_rows(progress_path(out), "SELECT COUNT(*) FROM generations WHERE created > ?", 0) < 1:
         assert proc.poll() is None and time.monotonic() < deadline, "no generation stored before Ctrl-C"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)

@@ -1,10 +1,26 @@
-"""The one helper the steps use to call their LLM: seeds, durable caching, and failure handling."""
+"""The one helper the steps use to call their LLM: seeds, durable caching, and failure handling.
+
+Three kinds of failure, treated differently:
+
+- **transient** (timeouts, dropped connections, HTTP 408/409/429/5xx, and 401/403/404, which name a server or
+  key problem rather than a prompt): the client retries; if it still fails, the run stops resumably
+  (:class:`BackendFailure`, exit code 3, "re-run the same command").
+- **rejected** (any other HTTP 4xx, e.g. a prompt over the context length or a content filter; for in-process
+  backends, an error raised for one prompt): a retry cannot change it, so the request is recorded in the
+  progress store with the server's message, its row is dropped with a ``*rejected`` reason, a re-run never
+  sends it again, and the rest of the batch goes on. If a whole stage is rejected (every bait call: they all
+  send the same prompt), the run stops with the server's message instead, and nothing is recorded.
+- **a fault in a step's own code**: recorded, so the run stops as incomplete instead of passing broken rows.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from distilabel.models.llms.base import AsyncLLM
@@ -15,24 +31,36 @@ if TYPE_CHECKING:
     from distilabel.models.llms.base import LLM
 
 ABORT = "abort"
-"""State key set when a backend failed after its retries: later batches skip their LLM calls."""
+"""State key set when the run must stop (a backend failed after its retries, a stage was rejected, a step
+raised): later batches skip their LLM calls."""
+WORKER = "worker:"
+"""State key prefix: ``worker:<pid>`` names the step a process runs, so a dead process can be named."""
+NOT_PER_PROMPT = {401, 403, 404, 408, 409, 429}
+"""HTTP 4xx answers that are not about one prompt: a bad key or model name (401/403/404) stops the run; a
+timeout, conflict or rate limit (408/409/429) is retried."""
 
 
 class Samples(NamedTuple):
-    """One prompt's samples: texts (None where the backend gave none), output tokens, cut off at max tokens."""
+    """One prompt's samples: texts (None where the backend gave none), output tokens, cut off at max tokens, and
+    the server's message when it rejected the request (then there are no texts)."""
 
     texts: list[str | None]
     tokens: list[int]
     truncated: list[bool]
+    rejected: str | None = None
 
 
 class BackendFailure(RuntimeError):
-    """The backend failed after its retries; everything finished so far is stored."""
+    """The backend failed after its retries, or rejected a whole stage; everything finished so far is stored."""
 
 
 def user_turn(content: str) -> list[dict[str, str]]:
     """A one-message chat: the method uses user turns only, never a system prompt."""
     return [{"role": "user", "content": content}]
+
+
+def empty_samples(n: int, rejected: str | None = None) -> Samples:
+    return Samples([None] * n, [0] * n, [False] * n, rejected)
 
 
 def _samples(output: dict[str, Any], n: int) -> Samples:
@@ -49,6 +77,31 @@ def _takes(func: Any, name: str) -> bool:
     return name in inspect.signature(func).parameters
 
 
+def _server_message(err: BaseException) -> str:
+    body = getattr(err, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        text = inner.get("message") if isinstance(inner, dict) else inner
+        if text:
+            return str(text)
+    return str(getattr(err, "message", None) or err)
+
+
+def refusal(err: BaseException, *, in_process: bool) -> str | None:
+    """The message of a rejection that no retry can change, or None for a transient failure (see the module)."""
+    import openai
+
+    status = getattr(err, "status_code", None)
+    if isinstance(status, int):
+        if 400 <= status < 500 and status not in NOT_PER_PROMPT:
+            return f"HTTP {status}: {_server_message(err)}"[:500]
+        return None
+    transient = (openai.APIConnectionError, openai.APITimeoutError, ConnectionError, TimeoutError)
+    if isinstance(err, transient) or not in_process:
+        return None
+    return f"{type(err).__name__}: {err}"[:500]
+
+
 def generate(
     llm: LLM,
     prompts: list[str],
@@ -58,16 +111,17 @@ def generate(
     store: ProgressStore | None = None,
     stage: str = "",
 ) -> list[Samples]:
-    """``num_generations`` samples per prompt.
+    """``num_generations`` samples per prompt; a rejected prompt gets :class:`Samples` with ``rejected`` set.
 
-    Per-prompt ``seeds`` go to LLMs that take them (ours). With a ``store``, prompts already generated are
-    read back instead of sent, and each new result is committed as soon as it arrives (concurrent requests
-    for async backends, one prompt at a time for in-process ones, the whole batch at once for in-process
-    batch engines such as vLLM), so a killed run loses at most what was in flight.
+    Per-prompt ``seeds`` go to LLMs that take them (ours). With a ``store``, prompts already generated (or
+    rejected) are read back instead of sent, and each new result is committed as soon as it arrives
+    (concurrent requests for async backends, one prompt at a time for in-process ones, the whole batch at once
+    for in-process batch engines such as vLLM), so a killed run loses at most what was in flight.
 
     Raises:
-        BackendFailure: the backend failed after its own retries (results that arrived are stored, and the
-            failure is recorded so later batches make no LLM call), or an earlier batch had failed.
+        BackendFailure: the backend failed after its own retries, or rejected every request of a stage
+            (results that arrived are stored, and the failure is recorded so later batches make no LLM call),
+            or an earlier batch had failed.
     """
     if not prompts:
         return []
@@ -83,36 +137,91 @@ def generate(
             keys[i] = generation_key(llm.model_name, prompt, num_generations, kwargs, seeds[i] if seeds else i)
         for i, (texts, tokens, truncated) in _cached(store, keys).items():
             results[i] = Samples(texts, tokens, truncated)
+        known = store.get_rejections([k for i, k in enumerate(keys) if k is not None and results[i] is None])
+        for i, key in enumerate(keys):
+            if key in known:
+                results[i] = empty_samples(num_generations, known[key])
     todo = [i for i, r in enumerate(results) if r is None]
+    rejected: dict[int, str] = {}
 
     def done(i: int, output: dict[str, Any], started: float, requests: int = 1) -> None:
         results[i] = samples = _samples(output, num_generations)
         if store is not None and keys[i] is not None and any(t is not None for t in samples.texts):
-            store.put_generation(keys[i], stage, *samples, started=started, requests=requests)
+            store.put_generation(keys[i], stage, *samples[:3], started=started, requests=requests)
 
+    def one_by_one(indices: list[int]) -> None:
+        """In-process, one prompt per call: an error raised for a prompt rejects that prompt only."""
+        for i in indices:
+            started = time.time()
+            extra = {"seeds": [seeds[i]]} if seeded and seeds is not None else {}
+            try:
+                output = llm.generate_outputs([user_turn(prompts[i])], num_generations, **kwargs, **extra)[0]
+            except Exception as err:
+                if (message := refusal(err, in_process=True)) is None:
+                    raise
+                rejected[i] = message
+                continue
+            done(i, output, started)
+
+    # our one-at-a-time in-process backends store every prompt as it finishes
+    singly = (store is not None and seeded and not getattr(llm, "batched_generation", False)) or len(todo) == 1
     try:
         if todo and isinstance(llm, AsyncLLM):
-            _generate_async(llm, prompts, num_generations, seeds if seeded else None, kwargs, todo, done, store, keys)
-        elif todo and store is not None and seeded and not getattr(llm, "batched_generation", False):
-            # our one-at-a-time in-process backends: store every prompt as it finishes
-            for i in todo:
-                started = time.time()
-                output = llm.generate_outputs([user_turn(prompts[i])], num_generations, **kwargs, seeds=[seeds[i]])[0]
-                done(i, output, started)
+            _generate_async(
+                llm,
+                prompts,
+                num_generations,
+                seeds if seeded else None,
+                kwargs,
+                todo,
+                done,
+                store,
+                keys,
+                rejected,
+                stage,
+            )
+        elif todo and singly:
+            one_by_one(todo)
         elif todo:
-            extra = {"seeds": [seeds[i] for i in todo]} if seeded else {}
+            extra = {"seeds": [seeds[i] for i in todo]} if seeded and seeds is not None else {}
+            chats = [user_turn(prompts[i]) for i in todo]
             started = time.time()
-            outputs = llm.generate_outputs([user_turn(prompts[i]) for i in todo], num_generations, **kwargs, **extra)
-            for i, output in zip(todo, outputs):
-                done(i, output, started)
+            try:
+                outputs = llm.generate_outputs(chats, num_generations, **kwargs, **extra)
+            except Exception as err:
+                if refusal(err, in_process=True) is None:
+                    raise
+                one_by_one(todo)  # a batch engine refused the batch: find the prompts it refuses, keep the rest
+            else:
+                for i, output in zip(todo, outputs):
+                    done(i, output, started)
     except Exception as err:
         failure = BackendFailure(f"{type(err).__name__}: {err}")
-        record_failure(store, stage, failure)
+        record_failure(store, stage, str(failure))
         raise failure from err
-    return [
-        r if r is not None else Samples([None] * num_generations, [0] * num_generations, [False] * num_generations)
-        for r in results
-    ]
+    if rejected:
+        _settle_rejections(store, stage, keys, rejected, sent=len(todo))
+        for i, message in rejected.items():
+            results[i] = empty_samples(num_generations, message)
+    return [r if r is not None else empty_samples(num_generations) for r in results]
+
+
+def _settle_rejections(
+    store: ProgressStore | None, stage: str, keys: list[str | None], rejected: dict[int, str], sent: int
+) -> None:
+    """Record per-prompt rejections, or stop the run when the server refuses the stage as a whole: every bait
+    call (one prompt for all), or every request of a stage that has never had one accepted."""
+    first = next(iter(rejected.values()))
+    never_accepted = store is None or store.count_generations(stage) == 0
+    if len(rejected) == sent and never_accepted and (stage == "bait" or sent >= 2):
+        failure = BackendFailure(
+            f"the server rejected every {stage or 'LLM'} request ({first}); nothing retries a rejected request, "
+            "so fix the cause (e.g. max_new_tokens against the model's context length, the prompt) and re-run"
+        )
+        record_failure(store, stage, str(failure))
+        raise failure
+    if store is not None:
+        store.put_rejections(stage, [(keys[i], m) for i, m in rejected.items() if keys[i] is not None])
 
 
 def _cached(store: ProgressStore, keys: list[str | None]) -> dict[int, tuple[list, list, list]]:
@@ -130,12 +239,14 @@ def _generate_async(
     done: Any,
     store: ProgressStore | None,
     keys: list[str | None],
+    rejected: dict[int, str],
+    stage: str,
 ) -> None:
     """All prompts concurrently. With our client and a store, each answered request is committed at once,
     so a prompt whose samples take several requests (servers that ignore ``n``) resumes mid-way."""
     from crescent_distilabel.llms import OpenAICompatibleLLM, merge_output
 
-    async def one(i: int) -> None:
+    async def request(i: int) -> None:
         chat = user_turn(prompts[i])
         started = time.time()
         if seeds is None or store is None or keys[i] is None or not isinstance(llm, OpenAICompatibleLLM):
@@ -150,16 +261,24 @@ def _generate_async(
         parts = store.get_parts(keys[i])
         for part in parts:
             merge_output(merged, part)
-        request, made = len(parts), 0  # made: requests sent by this run
+        index, made = len(parts), 0  # made: requests sent by this run
         while len(merged["generations"]) < n:  # the same seeds, request by request, as OpenAICompatibleLLM.agenerate
-            part = await llm.arequest(chat, n - len(merged["generations"]), **kwargs, seed=seeds[i] + request)
+            part = await llm.arequest(chat, n - len(merged["generations"]), **kwargs, seed=seeds[i] + index)
             made += 1
             if not part["generations"]:
                 break
-            store.put_part(keys[i], request, part)
+            store.put_part(keys[i], index, part, stage)
             merge_output(merged, part)
-            request += 1
+            index += 1
         done(i, merged, started, made)
+
+    async def one(i: int) -> None:
+        try:
+            await request(i)
+        except Exception as err:
+            if (message := refusal(err, in_process=False)) is None:
+                raise
+            rejected[i] = message
 
     async def run() -> list[Any]:
         return await asyncio.gather(*(one(i) for i in todo), return_exceptions=True)
@@ -169,17 +288,37 @@ def _generate_async(
         raise errors[0]
 
 
-def open_store(path: str | None) -> ProgressStore | None:
-    """The run's progress store when the step was given one (steps also work without)."""
-    return ProgressStore(path) if path else None
+def open_store(path: str | None, step: str | None = None) -> ProgressStore | None:
+    """The run's progress store when the step was given one (steps also work without). With ``step``, this
+    process is registered as running it, so the run can name the step if the process dies."""
+    if not path:
+        return None
+    store = ProgressStore(path)
+    if step:
+        store.set_state(f"{WORKER}{os.getpid()}", step)
+    return store
 
 
 def aborted(store: ProgressStore | None) -> bool:
-    """Whether an earlier batch hit a backend failure: then no further LLM calls are made."""
+    """Whether the run must stop (see :data:`ABORT`): then no further LLM calls are made."""
     return store is not None and store.get_state(ABORT) is not None
 
 
-def record_failure(store: ProgressStore | None, stage: str, err: BackendFailure) -> None:
-    """Remember the first backend failure so the run stops cleanly and tells the user to re-run."""
+def record_failure(store: ProgressStore | None, stage: str, message: str) -> None:
+    """Remember the first failure so the run stops cleanly and tells the user what happened."""
     if store is not None and store.get_state(ABORT) is None:
-        store.set_state(ABORT, f"{stage or 'generation'}: {err}")
+        store.set_state(ABORT, f"{stage or 'generation'}: {message}")
+
+
+@contextmanager
+def step_errors(store: ProgressStore | None, stage: str) -> Iterator[None]:
+    """Around a step's ``process``: an exception from the step's own code (not a backend failure, which the
+    step turns into rows) is recorded, so the run ends incomplete with its message instead of exiting 0 with
+    the batch's rows silently blanked by distilabel."""
+    try:
+        yield
+    except BackendFailure:
+        raise
+    except Exception as err:
+        record_failure(store, stage, f"the step raised {type(err).__name__}: {err} (traceback in pipeline.log)")
+        raise

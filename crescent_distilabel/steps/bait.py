@@ -11,9 +11,10 @@ from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import BAIT_PROMPT
 from crescent_distilabel.steps._llm import (
     BackendFailure,
-    Samples,
+    empty_samples,
     generate,
     open_store,
+    step_errors,
     user_turn,
 )
 from crescent_distilabel.store import ProgressStore
@@ -60,8 +61,9 @@ class BaitPrompting(GeneratorTask):
     Output columns:
         - question (`str | None`): the cleaned question, None when dropped.
         - raw_question (`str | None`): the sample as generated.
-        - drop_reason (`str | None`): why the sample was dropped (a cleaning reason, or
-          ``generation_failed`` when the backend failed after its retries), None when kept.
+        - drop_reason (`str | None`): why the sample was dropped (a cleaning reason; ``rejected`` when the
+          server refused the call; ``generation_failed`` when the backend failed after its retries), None when
+          kept.
         - bait_call (`int`): index of the call that produced the sample.
         - bait_sample (`int`): index of the sample within its call.
         - question_tokens (`int`): output tokens of the sample.
@@ -100,8 +102,8 @@ class BaitPrompting(GeneratorTask):
     _store: ProgressStore | None = PrivateAttr(None)
 
     def load(self) -> None:
+        self._store = open_store(self.progress_db, self.name)  # first: the model load itself may crash
         super().load()
-        self._store = open_store(self.progress_db)
 
     @property
     def outputs(self) -> StepColumns:
@@ -122,7 +124,9 @@ class BaitPrompting(GeneratorTask):
         first_call = offset // self.samples_per_call
         for start in range(first_call, self.num_calls, calls_per_batch):
             calls = range(start, min(start + calls_per_batch, self.num_calls))
-            yield bait_rows(self, list(calls), self._store), calls[-1] == self.num_calls - 1
+            with step_errors(self._store, "bait"):
+                rows = bait_rows(self, list(calls), self._store)
+            yield rows, calls[-1] == self.num_calls - 1
 
 
 def bait_rows(step: "BaitPrompting | BaitSampling", calls: list[int], store: ProgressStore | None) -> list[dict]:
@@ -136,12 +140,12 @@ def bait_rows(step: "BaitPrompting | BaitSampling", calls: list[int], store: Pro
     except BackendFailure as err:
         step._logger.warning(f"bait calls {calls[0]}-{calls[-1]} failed: {err}")
         failed = True
-    if failed:
-        n = step.samples_per_call
-        results = [Samples([None] * n, [0] * n, [False] * n) for _ in calls]
+        results = [empty_samples(step.samples_per_call) for _ in calls]
     rows = []
     for call, samples in zip(calls, results):
-        for sample, (text, n_tokens, cut) in enumerate(zip(*samples)):
+        if samples.rejected:
+            step._logger.warning(f"bait call {call} rejected by the server: {samples.rejected}")
+        for sample, (text, n_tokens, cut) in enumerate(zip(*samples[:3])):
             row = {
                 **step.format_output(text),
                 "bait_call": call,
@@ -152,6 +156,8 @@ def bait_rows(step: "BaitPrompting | BaitSampling", calls: list[int], store: Pro
             }
             if failed:
                 row["drop_reason"] = "generation_failed"
+            elif samples.rejected:
+                row["drop_reason"] = "rejected"
             rows.append(row)
     if store is not None:
         store.record_decisions(
@@ -205,8 +211,8 @@ class BaitSampling(Task):
     _store: ProgressStore | None = PrivateAttr(None)
 
     def load(self) -> None:
+        self._store = open_store(self.progress_db, self.name)  # first: the model load itself may crash
         super().load()
-        self._store = open_store(self.progress_db)
 
     @property
     def inputs(self) -> StepColumns:
@@ -222,4 +228,6 @@ class BaitSampling(Task):
     format_output = BaitPrompting.format_output
 
     def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
-        yield bait_rows(self, [int(row["bait_call"]) for row in inputs], self._store)
+        with step_errors(self._store, "bait"):
+            rows = bait_rows(self, [int(row["bait_call"]) for row in inputs], self._store)
+        yield rows

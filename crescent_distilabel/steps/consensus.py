@@ -14,6 +14,7 @@ from crescent_distilabel.steps._llm import (
     BackendFailure,
     generate,
     open_store,
+    step_errors,
     user_turn,
 )
 from crescent_distilabel.store import ProgressStore
@@ -61,7 +62,8 @@ class Consensus(Task):
         - prompt, completion (`list[dict[str, str]] | None`): the same pair in TRL's prompt-completion form,
           so `trl sft` computes the loss on the assistant turn only, whatever the chat template.
         - drop_reason (`str | None`): ``no_answer``, ``tie`` or ``low_agreement`` when not kept;
-          ``generation_failed`` when the backend failed after its retries.
+          ``answer_rejected`` when the server refused the answer request; ``generation_failed`` when the
+          backend failed after its retries.
         - answer_tokens (`int`): output tokens of all k chains.
         - truncated_chains (`int`): chains that hit ``max_new_tokens``.
         - answer_model (`str`): the model that answered.
@@ -132,8 +134,8 @@ class Consensus(Task):
         ]
 
     def load(self) -> None:
+        self._store = open_store(self.progress_db, self.name)  # first: the model load itself may crash
         super().load()
-        self._store = open_store(self.progress_db)
 
     def format_input(self, input: dict[str, Any]) -> ChatType:  # noqa: A002 - distilabel's signature
         return user_turn(self.answer_template.format(question=input["question"]))
@@ -151,6 +153,11 @@ class Consensus(Task):
         )
 
     def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
+        with step_errors(self._store, "consensus"):
+            rows = self._answer_and_vote(inputs)
+        yield rows
+
+    def _answer_and_vote(self, inputs: StepInput) -> list[dict[str, Any]]:
         empty = {
             "answer": None,
             "final_answer": None,
@@ -181,7 +188,10 @@ class Consensus(Task):
             for i in live:
                 rows[i]["drop_reason"] = "generation_failed"
             answers = []
-        for i, (chains, tokens, truncated) in zip(live, answers):
+        for i, (chains, tokens, truncated, rejected) in zip(live, answers):
+            if rejected:
+                rows[i]["drop_reason"] = "answer_rejected"
+                continue
             vote, extracted = self.vote(chains)
             row = rows[i]
             row.update(
@@ -206,4 +216,4 @@ class Consensus(Task):
                     if row["question"]
                 ),
             )
-        yield rows
+        return rows

@@ -26,6 +26,7 @@ from crescent_distilabel.steps._llm import (
     BackendFailure,
     generate,
     open_store,
+    step_errors,
     user_turn,
 )
 from crescent_distilabel.store import ProgressStore
@@ -68,8 +69,9 @@ class Diversify(Task):
         - rewrites (`int | None`): rewrite rounds it took.
         - nearest_question (`str | None`): the most similar question accepted before it.
         - nearest_similarity (`float | None`): their cosine similarity.
-        - drop_reason (`str | None`): ``batch_duplicate``, ``duplicate``, ``rewrite_<cleaning reason>``, or
-          ``generation_failed`` when the backend failed after its retries.
+        - drop_reason (`str | None`): ``batch_duplicate``, ``duplicate``, ``rewrite_<cleaning reason>``,
+          ``rewrite_rejected`` when the server refused the rewrite request, or ``generation_failed`` when the
+          backend failed after its retries.
         - rewrite_tokens (`int`): output tokens spent on rewrites.
 
     Categories:
@@ -130,11 +132,11 @@ class Diversify(Task):
         ]
 
     def load(self) -> None:
+        self._store = open_store(self.progress_db, self.name)  # first: a model load itself may crash
         super().load()
         self.embeddings.load()
         self._index = None
         self._texts = []
-        self._store = open_store(self.progress_db)
 
     def unload(self) -> None:
         self.embeddings.unload()
@@ -191,6 +193,11 @@ class Diversify(Task):
         return to_rewrite
 
     def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
+        with step_errors(self._store, "diversify"):
+            rows = self._diversify(inputs)
+        yield rows
+
+    def _diversify(self, inputs: StepInput) -> list[dict[str, Any]]:
         rows = [
             {
                 **row,
@@ -228,6 +235,9 @@ class Diversify(Task):
             live = []
             for i, samples in zip(to_rewrite, rewrites):
                 row = rows[i]
+                if samples.rejected:
+                    row["drop_reason"] = "rewrite_rejected"
+                    continue
                 row["rewrites"] += 1
                 row["rewrite_tokens"] += samples.tokens[0]
                 cleaned = self.format_output(samples.texts[0])
@@ -251,7 +261,7 @@ class Diversify(Task):
             self._store.record_decisions(
                 "diversify", ((_item(r), r["drop_reason"] or "accepted", _detail(r)) for r in rows)
             )
-        yield rows
+        return rows
 
 
 def _item(row: dict[str, Any]) -> str:

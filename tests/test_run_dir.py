@@ -1,0 +1,100 @@
+"""A run directory: --overwrite touches only what runs write, configs are replaced atomically, and what was
+applied on top of a run (decontamination) survives re-running it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, load_from_disk
+from fakes import FakeLLM
+
+from crescent_distilabel import load_recipe, run_recipe
+from crescent_distilabel.pipeline import OutputExistsError
+from crescent_distilabel.run_dir import RUN_MARKER, RunDirError, clear_run, replace_dir, save_config
+
+APPLES = "Tom has 3 apples and buys 5 more. How many apples does Tom have now?"
+TRAIN = "A train travels 60 km per hour for 3 hours. How far does it travel?"
+
+
+def small_run(out: Path, questions: list[str], **kwargs) -> object:
+    recipe = load_recipe({"output_dir": str(out), "bait": {"num_calls": 1, "samples_per_call": len(questions)}})
+    return run_recipe(
+        recipe,
+        question_llm=FakeLLM(rules={"creativity": questions}),
+        answer_llm=FakeLLM(default="So the result is 12.\n#### Answer: 12"),
+        **kwargs,
+    )
+
+
+def test_overwrite_refuses_a_directory_that_holds_no_run_and_touches_nothing(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "README.md").write_text("my project")
+    (repo / "src" / "main.py").write_text("print(1)")
+    before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError) as err:
+            small_run(repo, [APPLES], overwrite=overwrite)
+        message = str(err.value)
+        assert str(repo) in message and RUN_MARKER in message and "README.md" in message
+        assert "--overwrite" not in message
+    assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
+    assert (repo / "README.md").read_text() == "my project"
+
+
+def test_overwrite_of_a_run_removes_only_what_runs_write(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert small_run(out, [APPLES, TRAIN]).summary.kept == 2
+    (out / "notes.txt").write_text("my notes")  # the user's own file in the run directory
+    (out / "analysis").mkdir()
+    (out / "analysis" / "plot.png").write_bytes(b"png")
+    again = small_run(out, [APPLES], overwrite=True)
+    assert again.complete and not again.resumed and again.summary.raw_samples == 1
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "analysis" / "plot.png").read_bytes() == b"png"
+    assert load_from_disk(str(out / "default"))["train"]["question"] == [APPLES]
+
+
+def test_clear_run_refuses_a_directory_without_the_marker(tmp_path: Path) -> None:
+    (tmp_path / "default").mkdir()  # looks like a config, but no run marker
+    with pytest.raises(RunDirError, match="holds no CRESCENT run"):
+        clear_run(tmp_path)
+    assert (tmp_path / "default").is_dir()
+
+
+def test_a_config_is_replaced_whole_and_never_missing(tmp_path: Path) -> None:
+    (tmp_path / ".crescent").mkdir()
+    save_config(tmp_path, "default", Dataset.from_dict({"x": [1, 2]}))
+    inode = os.stat(tmp_path / "default").st_ino
+    save_config(tmp_path, "default", Dataset.from_dict({"x": [3]}))
+    assert load_from_disk(str(tmp_path / "default"))["train"]["x"] == [3]
+    assert os.stat(tmp_path / "default").st_ino != inode  # a new directory took the old one's place
+    assert sorted(p.name for p in (tmp_path / ".crescent").iterdir()) == []  # no leftovers
+    new, target = tmp_path / "new", tmp_path / "target"
+    new.mkdir()
+    (new / "a").write_text("new")
+    target.mkdir()
+    (target / "a").write_text("old")
+    replace_dir(new, target)
+    assert (target / "a").read_text() == "new" and not new.exists()
+
+
+def test_decontamination_survives_rerunning_the_run(tmp_path: Path) -> None:
+    from crescent_distilabel.decontamination import decontaminate_run
+    from crescent_distilabel.eval_data import load_questions
+
+    gsm8k = load_questions("gsm8k")[0]  # a benchmark question the model "wrote"
+    out = tmp_path / "run"
+    first = small_run(out, [gsm8k, APPLES, TRAIN])
+    assert first.summary.kept == 3
+    report = decontaminate_run(str(out), ["gsm8k"], drop=True, similarity_threshold=None)
+    assert report.contaminated == 1
+    kept = load_from_disk(str(out / "default"))["train"].to_list()
+    assert [r["question"] for r in kept] == [APPLES, TRAIN]
+    again = small_run(out, [gsm8k, APPLES, TRAIN])  # the same command again (as `crescent loop` does after a crash)
+    assert again.complete and again.resumed
+    assert load_from_disk(str(out / "default"))["train"].to_list() == kept  # the contaminated row stays out
+    assert load_from_disk(str(out / "contaminated"))["train"]["question"] == [gsm8k]
+    card = (out / "README.md").read_text()
+    assert "## Decontamination" in card and "config_name: contaminated" in card
