@@ -220,7 +220,7 @@ def push_for_review(
     records = [to_record(rows[i], vectors[i] if has_vectors else None) for i in indices]  # type: ignore[index]
     try:
         if records:
-            dataset.records.log(records, batch_size=200)
+            dataset.records.log(records, batch_size=min(len(records), 200))  # no "normalised" console note
     except Exception as err:
         raise ArgillaError(f"pushing records to {dataset_name!r} failed: {err}") from None
     url = f"{client.api_url.rstrip('/')}/dataset/{dataset.id}/annotation-mode"

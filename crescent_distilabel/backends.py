@@ -290,6 +290,15 @@ def smollm2_hf_dir() -> Path:
     target = cache_dir() / "SmolLM2-135M-Instruct-hf"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
+    from filelock import FileLock
+
+    with FileLock(str(target) + ".lock"):  # several processes (test workers) may ask at once: convert once
+        if not (target / "model.safetensors").is_file():
+            _convert_smollm2(target)
+    return target
+
+
+def _convert_smollm2(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()
@@ -304,7 +313,6 @@ def smollm2_hf_dir() -> Path:
 
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
-    return target
 
 
 def resolve_hf_model(model: str) -> str:

@@ -14,6 +14,7 @@ passed in as a callable so the logic is tested without one.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -195,7 +196,7 @@ def _cached_embeddings(embedder, model: str, name: str, texts: list[str]) -> np.
         return np.load(path)
     vectors = embedder.encode_array(texts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")  # one per process: test workers share the cache
     np.save(tmp, vectors)
     tmp.replace(path)
     return vectors

@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from crescent_distilabel.store import FORK_LOCK
+
 
 @dataclass
 class Snapshot:
@@ -75,13 +77,14 @@ class StoreReader:
         return self._db
 
     def read(self, snap: Snapshot) -> None:
-        db = self._connect()
-        if db is None:
-            return
-        try:
-            self._read(db, snap)
-        except sqlite3.Error:  # a table not created yet, or a writer holding a lock: try again next time
-            pass
+        with FORK_LOCK:  # see store.FORK_LOCK: distilabel may fork a step process at any moment
+            db = self._connect()
+            if db is None:
+                return
+            try:
+                self._read(db, snap)
+            except sqlite3.Error:  # a table not created yet, or a writer holding a lock: try again next time
+                pass
 
     def _decisions(self, db: sqlite3.Connection, stage: str) -> dict[str, int]:
         sql = "SELECT outcome, COUNT(*) FROM decisions WHERE stage = ? AND created >= ? GROUP BY outcome"
@@ -126,9 +129,10 @@ class StoreReader:
             snap.finished = sum(bait.values()) - snap.cleaned + voted
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        with FORK_LOCK:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 def render_line(snap: Snapshot) -> str:

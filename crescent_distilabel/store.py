@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +36,14 @@ CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rejections (
     key TEXT PRIMARY KEY, stage TEXT NOT NULL, message TEXT NOT NULL, created REAL NOT NULL);
 """
+FORK_LOCK = threading.Lock()
+"""Held by the run's background threads (progress, watchdog) while they use SQLite, and taken before any fork.
+
+distilabel forks its step processes while those threads run; a child forked while another thread is inside
+SQLite inherits SQLite's mutex locked and hangs at its first connect. With this lock a fork waits for the read
+to finish, and no read starts during a fork."""
+os.register_at_fork(before=FORK_LOCK.acquire, after_in_parent=FORK_LOCK.release, after_in_child=FORK_LOCK.release)
+
 _CHUNK = 500  # SQLite host parameters per query stay well under its limit
 # added after the first release: stores written before lack them (started NULL: unknown; requests: 1)
 _ADDED_COLUMNS = {

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crescent_distilabel.steps._llm import WORKER
-from crescent_distilabel.store import ProgressStore
+from crescent_distilabel.store import FORK_LOCK, ProgressStore
 
 if TYPE_CHECKING:
     from distilabel.pipeline import Pipeline
@@ -142,11 +142,12 @@ class Watchdog:
 
     def _step_of(self, pid: int) -> str:
         if self.store_path is not None and Path(self.store_path).is_file():
-            store = ProgressStore(self.store_path)
-            try:
-                name = store.get_state(f"{WORKER}{pid}")
-            finally:
-                store.close()
+            with FORK_LOCK:  # see store.FORK_LOCK
+                store = ProgressStore(self.store_path)
+                try:
+                    name = store.get_state(f"{WORKER}{pid}")
+                finally:
+                    store.close()
             if name:
                 return f"the '{name}' step's process (pid {pid})"
         return f"a step process (pid {pid})"

@@ -32,7 +32,15 @@ def server_venv() -> Path:
 
 def ensure_server_venv(venv: Path | None = None) -> Path:
     """Create the server venv if it is missing or stale; returns its python."""
+    from filelock import FileLock
+
     venv = venv or server_venv()
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(venv) + ".lock"):  # test workers may start at once: build it once
+        return _ensure_server_venv(venv)
+
+
+def _ensure_server_venv(venv: Path) -> Path:
     python = venv / "bin" / "python"
     marker = venv / ".crescent-requirements"
     wanted = "\n".join(SERVER_REQUIREMENTS)

@@ -68,6 +68,8 @@ class CrescentToArgilla(ArgillaBase):
     def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
         kept: list[dict[str, Any]] = [row for row in inputs if row.get("question") and not row.get("drop_reason")]
         if kept:
-            self._dataset.records.log([to_record(row) for row in kept])  # type: ignore[union-attr]
+            # a batch size the SDK need not normalise: it would print (rich) from a forked step process
+            records = [to_record(row) for row in kept]
+            self._dataset.records.log(records, batch_size=min(len(records), 200))  # type: ignore[union-attr]
             self._logger.info(f"Sent {len(kept)} pairs to Argilla dataset {self.dataset_name!r}")
         yield inputs
