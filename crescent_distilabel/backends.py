@@ -191,14 +191,37 @@ class LocalServer:
             proc.wait()
 
 
+_LLAMACPP_SERVER_NO_PREFIX_REUSE = """
+import sys
+import llama_cpp
+from llama_cpp.server.__main__ import main
+
+_generate = llama_cpp.Llama.generate
+
+def generate(self, tokens, *args, **kwargs):
+    self.n_tokens = 0  # no prefix reuse: evaluate every prompt in full
+    return _generate(self, tokens, *args, **kwargs)
+
+llama_cpp.Llama.generate = generate
+sys.argv[0] = "llama_cpp.server"
+main()
+"""
+
+
 @contextmanager
 def serve_llamacpp(
     model: Path, log: Path, *, alias: str = SMOLLM2_ALIAS, n_threads: int | None = None, ready_within: float = 120.0
 ) -> Iterator[str]:
-    """``python -m llama_cpp.server`` while the block runs (tests, benchmarks); yields its base URL."""
+    """``python -m llama_cpp.server`` while the block runs (tests, benchmarks); yields its base URL.
+
+    The server runs with llama-cpp-python's prompt-prefix reuse off: with it, a request that follows one with
+    the same prompt prefix decodes only the rest, and the logits then differ in the last bits from a full
+    decode, so the same prompt and seed gave different text depending on the request before it. Off, a
+    request's text depends on its prompt and seed only, whatever the order requests arrive in (crash-safety
+    tests compare a resumed run with an uninterrupted one); prompts here are short, so it costs little."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
+        sys.executable, "-c", _LLAMACPP_SERVER_NO_PREFIX_REUSE, "--model", str(model), "--model_alias", alias,
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
     ]  # fmt: skip
     if n_threads:

@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distilabel.models.llms.base import AsyncLLM
 from distilabel.pipeline import Pipeline
 
 from crescent_distilabel import ray_cluster
-from crescent_distilabel.backends import build_llm
+from crescent_distilabel.backends import BackendError, build_llm
 from crescent_distilabel.cleaning import DROP_REASONS
 from crescent_distilabel.embeddings import SentenceEmbeddings
 from crescent_distilabel.recipe import Recipe, changed_settings, dump_recipe
@@ -40,7 +41,7 @@ from crescent_distilabel.run_dir import (
 from crescent_distilabel.steps import BaitCalls, BaitPrompting, BaitSampling, Consensus, Diversify
 from crescent_distilabel.steps._llm import ABORT, WORKER
 from crescent_distilabel.store import ProgressStore, StageStats, stage_throughput
-from crescent_distilabel.vllm_backend import needs_server, serve_models
+from crescent_distilabel.vllm_backend import engine_plan_error, needs_server, serve_models, visible_gpus
 
 logger = logging.getLogger("crescent_distilabel")
 
@@ -126,6 +127,7 @@ def build_pipeline(
             last = BaitPrompting(
                 **bait_kwargs,
                 num_calls=bait_cfg.num_calls,
+                calls_in_flight=bait_cfg.calls_in_flight,
                 batch_size=bait_cfg.samples_per_call * max(1, 50 // bait_cfg.samples_per_call),
             )
         if div_cfg.enabled:
@@ -145,9 +147,13 @@ def build_pipeline(
                 seed=recipe.seed,
                 progress_db=db,
                 input_batch_size=div_cfg.batch_size or bait_cfg.samples_per_call,
+                rewrite_lag=div_cfg.rewrite_lag,
+                expected_rows=bait_cfg.num_calls * bait_cfg.samples_per_call if div_cfg.rewrite_lag else None,
                 resources=ray_cluster.step_resources(recipe.ray, "diversify"),  # always 1 replica (RayReplicas)
             )
             last = last >> diversify
+        # a server: questions stay in flight across batches (not on Ray: replicas see part of the rows each)
+        rolling = isinstance(answer_llm, AsyncLLM) and not recipe.ray.enabled
         consensus = consensus_step(
             name="consensus",
             llm=answer_llm,
@@ -158,7 +164,9 @@ def build_pipeline(
             answer_template=con_cfg.answer_prompt,
             seed=recipe.seed,
             progress_db=db,
-            input_batch_size=con_cfg.batch_size,
+            input_batch_size=min(con_cfg.batch_size, 50) if rolling else con_cfg.batch_size,
+            window=con_cfg.batch_size if rolling else None,
+            expected_rows=bait_cfg.num_calls * bait_cfg.samples_per_call if rolling else None,
             resources=ray_cluster.step_resources(recipe.ray, "consensus"),
         )
         last >> consensus
@@ -414,6 +422,8 @@ def run_recipe(
     """
     output_dir = Path(recipe.output_dir)
     db_path = progress_path(output_dir)
+    if question_llm is None and (plan := engine_plan_error(recipe, visible_gpus())):
+        raise BackendError(plan)
     parts = {
         "question_llm": question_llm,
         "answer_llm": answer_llm,
@@ -571,7 +581,7 @@ def _write_run(
     kept, dropped = split_rows(rows)
     kept = reapply_derived(output_dir, kept)
     summary = summarize(rows.to_list(), wall)
-    summary.stages = stage_throughput(store.generation_spans(), started_at)
+    summary.stages = stage_throughput(store.generation_spans(), started_at, started_at + wall)
     summary.generated_tokens = sum(stage.output_tokens for stage in summary.stages.values())
     summary.gpus = gpus_used(recipe)
     expected = recipe.bait.num_calls * recipe.bait.samples_per_call

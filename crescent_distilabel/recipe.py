@@ -74,6 +74,9 @@ class BaitConfig(_Section):
     min_chars: int = Field(20, ge=0)
     max_chars: PositiveInt = 1500
     require_digits: bool = True
+    calls_in_flight: PositiveInt = Field(
+        4, description="servers only: bait calls kept running ahead of the later stages (results do not change)"
+    )
 
 
 class DiversifyConfig(_Section):
@@ -88,6 +91,12 @@ class DiversifyConfig(_Section):
     rewrite_prompt: str = REWRITE_TEMPLATE
     batch_size: PositiveInt | None = Field(None, description="rows per dedup batch; default: samples_per_call")
     exact_limit: PositiveInt | None = 100_000
+    rewrite_lag: int = Field(
+        0,
+        ge=0,
+        description="batches a rewrite may take before it is checked: 0 is the paper (the later stages wait "
+        "for each batch's slowest rewrite); 2 keeps a GPU server busy (changes which questions are kept)",
+    )
 
     @field_validator("rewrite_prompt")
     @classmethod
@@ -105,7 +114,11 @@ class ConsensusConfig(_Section):
     tie_policy: Literal["drop", "first"] = "drop"
     no_answer_policy: Literal["abstain", "vote"] = "abstain"
     answer_prompt: str = ANSWER_TEMPLATE
-    batch_size: PositiveInt = 10
+    batch_size: PositiveInt = Field(
+        10,
+        description="questions answered together: one batch in process; with a server, the questions kept in "
+        "flight across batches (results do not change)",
+    )
 
     @field_validator("min_agreement")
     @classmethod
@@ -232,7 +245,8 @@ class Recipe(_Section):
         return hashlib.sha256(json.dumps(self.result_settings(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-_OPERATIONAL = {"name", "output_dir", "consensus.batch_size"}  # answers are seeded per question, not per batch
+# answers are seeded per question and bait calls per index: neither depends on batching or concurrency
+_OPERATIONAL = {"name", "output_dir", "consensus.batch_size", "bait.calls_in_flight"}
 _OPERATIONAL_MODEL_KEYS = {
     "base_url",
     "api_key_env",

@@ -135,14 +135,16 @@ class ProgressStore:
             (key, idx, json.dumps(output), stage, time.time()),
         )
 
-    def generation_spans(self) -> list[tuple[str, float, float, int, int]]:
-        """Every stored generation as (stage, started, created, output tokens, requests); ``started`` is
-        ``created`` for generations stored before start times were recorded."""
+    def generation_spans(self) -> list[tuple[str, float, float, int, int, int]]:
+        """Every stored generation as (stage, started, created, output tokens, requests, samples); ``started``
+        is ``created`` for generations stored before start times were recorded."""
         rows = self._db.execute("SELECT stage, started, created, tokens, requests FROM generations").fetchall()
-        return [
-            (stage, created if started is None else started, created, sum(json.loads(tokens)), requests)
-            for stage, started, created, tokens, requests in rows
-        ]
+        spans = []
+        for stage, started, created, tokens, requests in rows:
+            per_sample = json.loads(tokens)
+            spans.append((stage, created if started is None else started, created, sum(per_sample), requests,
+                          len(per_sample)))  # fmt: skip
+        return spans
 
     def count_generations(self, stage: str | None = None) -> int:
         if stage is None:
@@ -222,12 +224,15 @@ class StageStats:
         active_s: seconds during which at least one of its requests was in flight (stages overlap in the
             pipeline, so their active times add up to more than the wall time).
         reused: generations found stored from an earlier run, reused without an LLM call.
+        mean_in_flight: sequences (samples) of the stage in flight on average over the run: summed over the
+            stages, what the server had to work on; far below its slots means the server starved.
     """
 
     calls: int = 0
     output_tokens: int = 0
     active_s: float = 0.0
     reused: int = 0
+    mean_in_flight: float = 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -241,6 +246,7 @@ class StageStats:
             "active_s": round(self.active_s, 3),
             "tokens_per_s": round(self.tokens_per_s, 2),
             "reused": self.reused,
+            "mean_in_flight": round(self.mean_in_flight, 1),
         }
 
 
@@ -255,12 +261,17 @@ def busy_seconds(spans: Iterable[tuple[float, float]]) -> float:
     return total
 
 
-def stage_throughput(spans: Iterable[tuple[str, float, float, int, int]], since: float) -> dict[str, StageStats]:
+def stage_throughput(
+    spans: Iterable[tuple[str, float, float, int, int, int]], since: float, until: float | None = None
+) -> dict[str, StageStats]:
     """Per-stage :class:`StageStats` of the generations stored after ``since`` (a time.time() value); those
-    stored before are counted as reused. ``spans`` as from :meth:`ProgressStore.generation_spans`."""
+    stored before are counted as reused. ``spans`` as from :meth:`ProgressStore.generation_spans`; ``until``:
+    the run's end (default: the last generation's), for the mean sequences in flight."""
     stats = {stage: StageStats() for stage in STAGES}
     intervals: dict[str, list[tuple[float, float]]] = {}
-    for stage, started, created, tokens, requests in spans:
+    sequence_s: dict[str, float] = {}
+    last = since
+    for stage, started, created, tokens, requests, samples in spans:
         st = stats.setdefault(stage, StageStats())
         if created <= since:
             st.reused += 1
@@ -268,6 +279,10 @@ def stage_throughput(spans: Iterable[tuple[str, float, float, int, int]], since:
         st.calls += requests
         st.output_tokens += tokens
         intervals.setdefault(stage, []).append((max(started, since), created))
+        sequence_s[stage] = sequence_s.get(stage, 0.0) + samples * (created - max(started, since))
+        last = max(last, created)
+    span = (until if until is not None else last) - since
     for stage, found in intervals.items():
         stats[stage].active_s = busy_seconds(found)
+        stats[stage].mean_in_flight = sequence_s[stage] / span if span > 0 else 0.0
     return stats

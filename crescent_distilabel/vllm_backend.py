@@ -219,6 +219,47 @@ def serve_command(config: ModelConfig, port: int, seed: int, *, cuda: bool) -> l
     return cmd
 
 
+def engine_plan_error(recipe: Recipe, visible_gpus: int) -> str | None:
+    """Why a recipe's in-process ``vllm`` engines cannot all load on ``visible_gpus`` GPUs, or None.
+
+    Checked before anything loads: distilabel gives each in-process engine (one per LLM step) GPUs of its own
+    and each takes ``gpu_memory_utilization`` of them, so a second engine on a GPU fails only after the first
+    has loaded, minutes in. No GPU (vLLM's CPU build) or Ray (which places replicas itself): nothing to check.
+    """
+    if visible_gpus <= 0 or recipe.ray.enabled:
+        return None
+    steps = {"question_model": ["bait"] + (["diversify"] if recipe.diversify.enabled else [])}
+    if recipe.answer_model is None:
+        steps["question_model"].append("consensus")
+    else:
+        steps["answer_model"] = ["consensus"]
+    engines = [
+        (step, getattr(recipe, name).tensor_parallel_size)
+        for name, names in steps.items()
+        if getattr(recipe, name).backend == "vllm"
+        for step in names
+    ]
+    needed = sum(gpus for _, gpus in engines)
+    if needed <= visible_gpus:
+        return None
+    listed = ", ".join(f"{step} ({gpus})" for step, gpus in engines)
+    return (
+        f"the in-process vllm backend loads one engine per LLM step, each on GPUs of its own: {listed} need "
+        f"{needed} GPUs, and {visible_gpus} {'is' if visible_gpus == 1 else 'are'} visible. Use backend: "
+        "vllm_serve, one server that every stage shares (recipes/Llama-3-8B-Instruct/generate/config_vllm.yaml), "
+        "or give the steps more GPUs (CUDA_VISIBLE_DEVICES)"
+    )
+
+
+def visible_gpus() -> int:
+    """CUDA GPUs this process sees (0 without torch or CUDA)."""
+    if not cuda_available():
+        return 0
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
 def needs_server(recipe: Recipe) -> bool:
     """Whether a model section asks for a managed ``vllm serve``."""
     return any(cfg is not None and cfg.backend == "vllm_serve" for cfg in (recipe.question_model, recipe.answer_model))

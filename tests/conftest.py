@@ -104,6 +104,20 @@ def dataset(output_dir: Path) -> dict[str, list[dict]]:
     return {c: load_from_disk(str(output_dir / c / "train")).to_list() for c in ("default", "dropped")}
 
 
+def differences(got: dict[str, list[dict]], want: dict[str, list[dict]], limit: int = 5) -> list[str]:
+    """Where two :func:`dataset` results differ, row by row and field by field (empty when equal)."""
+    found = []
+    for config in sorted(set(got) | set(want)):
+        a, b = got.get(config, []), want.get(config, [])
+        if len(a) != len(b):
+            found.append(f"{config}: {len(a)} rows, expected {len(b)}")
+        for i, (x, y) in enumerate(zip(a, b)):
+            for key in sorted(set(x) | set(y)):
+                if x.get(key) != y.get(key):
+                    found.append(f"{config}[{i}].{key}: {str(x.get(key))[:300]!r} != {str(y.get(key))[:300]!r}")
+    return found[:limit]
+
+
 def count_rows(db: Path, sql: str, since: float = 0.0) -> int:
     """A count from a run's progress store while the run writes it (0 when not there yet)."""
     import sqlite3

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_args, count_rows, dataset, openai_recipe
+from conftest import cli_args, count_rows, dataset, differences, openai_recipe
 from fakes import CrashingLLM, FakeLLM
 from fault_proxy import FaultProxy
 
@@ -86,7 +86,7 @@ def test_a_step_process_killed_mid_run_stops_the_cli_with_exit_3_and_the_rerun_c
     assert "re-run the same command to continue" in err
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert dataset(out) == reference[0]  # nothing lost, nothing duplicated
+    assert not (diff := differences(dataset(out), reference[0])), diff  # nothing lost, nothing duplicated
 
 
 @pytest.mark.parametrize(("how", "code", "text"), [("exit", 7, "exited with code 7"), ("abort", -6, "SIGABRT")])

@@ -122,3 +122,27 @@ def test_a_recipe_that_is_not_a_mapping_names_the_file(tmp_path: Path) -> None:
     path.write_text("- consensus\n- bait\n")
     with pytest.raises(RecipeError, match=r"list\.yaml must be a mapping of keys to values, but holds a list"):
         load_recipe(path)
+
+
+def test_in_process_vllm_engines_that_need_more_gpus_than_visible_are_refused_before_anything_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crescent_distilabel import pipeline
+    from crescent_distilabel.backends import BackendError
+    from crescent_distilabel.vllm_backend import engine_plan_error
+
+    generate = REPO / "recipes" / "Llama-3-8B-Instruct" / "generate"
+    offline = load_recipe(generate / "config_vllm_offline.yaml")
+    message = engine_plan_error(offline, 1)
+    assert message and "bait (1), diversify (1), consensus (1) need 3 GPUs, and 1 is visible" in message
+    assert "vllm_serve" in message and "config_vllm.yaml" in message  # the fix, named
+    assert engine_plan_error(offline, 3) is None and engine_plan_error(offline, 0) is None  # 0: vLLM on CPU
+    no_div = load_recipe({**offline.model_dump(mode="json"), "diversify": {"enabled": False}})
+    assert engine_plan_error(no_div, 2) is None and "need 2 GPUs" in (engine_plan_error(no_div, 1) or "")
+    assert engine_plan_error(load_recipe(generate / "config_vllm.yaml"), 1) is None  # one shared server
+    # on a one-GPU machine the run stops at once, before the output directory or any engine exists
+    monkeypatch.setattr(pipeline, "visible_gpus", lambda: 1)
+    out = tmp_path / "run"
+    with pytest.raises(BackendError, match="vllm_serve"):
+        pipeline.run_recipe(offline.model_copy(update={"output_dir": str(out)}))
+    assert not out.exists()

@@ -82,6 +82,19 @@ def test_diversify_rewrites_a_near_duplicate_and_rechecks_the_rewrite(embeddings
     assert row["rewrite_tokens"] == len(APPLES_AGAIN.split()) + len(AREA.split())
 
 
+def test_diversify_with_rewrite_lag_hands_on_accepted_rows_and_checks_rewrites_later(embeddings) -> None:
+    llm = FakeLLM(rules={"very similar": [APPLES_AGAIN, AREA]})
+    step = loaded(Diversify(llm=llm, embeddings=embeddings, max_rewrites=2, rewrite_lag=1, expected_rows=4))
+    assert [r["question"] for r in next(step.process([{"question": APPLES}, {"question": TRAIN}]))] == [APPLES, TRAIN]
+    assert next(step.process([{"question": APPLES_AGAIN}])) == []  # its rewrite is out: checked at the next batch
+    assert len(llm.prompts) == 1
+    out = next(step.process([{"question": PENCILS}]))  # the last batch: every rewrite is checked before it returns
+    assert [r["question"] for r in out] == [PENCILS, AREA]
+    assert out[1]["original_question"] == APPLES_AGAIN and out[1]["rewrites"] == 2 and len(llm.prompts) == 2
+    with pytest.raises(ValueError, match="expected_rows"):
+        Diversify(llm=llm, embeddings=embeddings, rewrite_lag=1)
+
+
 def test_diversify_drops_after_max_rewrites(embeddings) -> None:
     llm = FakeLLM(rules={"very similar": [APPLES_AGAIN]})
     step = loaded(Diversify(llm=llm, embeddings=embeddings, max_rewrites=1))

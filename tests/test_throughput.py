@@ -20,10 +20,10 @@ def test_busy_seconds_counts_concurrent_requests_once() -> None:
 def test_stage_throughput_counts_this_runs_work_and_reuses_separately() -> None:
     since = 100.0
     spans = [
-        ("bait", 90.0, 95.0, 50, 1),  # stored by an earlier run: reused, not a call
-        ("bait", 101.0, 103.0, 40, 1),
-        ("bait", 102.0, 105.0, 20, 3),  # a server that ignored n: three requests
-        ("answer", 99.0, 110.0, 30, 1),  # sent before the run started (clock skew): counted from `since`
+        ("bait", 90.0, 95.0, 50, 1, 4),  # stored by an earlier run: reused, not a call
+        ("bait", 101.0, 103.0, 40, 1, 4),
+        ("bait", 102.0, 105.0, 20, 3, 4),  # a server that ignored n: three requests
+        ("answer", 99.0, 110.0, 30, 1, 3),  # sent before the run started (clock skew): counted from `since`
     ]
     stats = stage_throughput(spans, since)
     assert list(stats)[:3] == ["bait", "rewrite", "answer"]
@@ -32,13 +32,16 @@ def test_stage_throughput_counts_this_runs_work_and_reuses_separately() -> None:
     assert bait.active_s == pytest.approx(4.0) and bait.tokens_per_s == pytest.approx(15.0)
     assert (rewrite.calls, rewrite.output_tokens, rewrite.active_s, rewrite.tokens_per_s) == (0, 0, 0.0, 0.0)
     assert answer.active_s == pytest.approx(10.0) and answer.calls == 1
+    # sequences in flight on average over the run (100 to 110): 4 samples for 2 s and 4 for 3 s; 3 for 10 s
+    assert bait.mean_in_flight == pytest.approx((4 * 2 + 4 * 3) / 10) and answer.mean_in_flight == pytest.approx(3.0)
+    assert stage_throughput(spans, since, until=120.0)["answer"].mean_in_flight == pytest.approx(1.5)
 
 
 def test_the_store_records_start_times_and_requests(tmp_path: Path) -> None:
     store = ProgressStore(tmp_path / "p.sqlite")
     store.put_generation("k1", "answer", ["a", "b"], [3, 4], [False, False], started=1.0, requests=2)
-    ((stage, started, created, tokens, requests),) = store.generation_spans()
-    assert (stage, started, tokens, requests) == ("answer", 1.0, 7, 2) and created > 1.0
+    ((stage, started, created, tokens, requests, samples),) = store.generation_spans()
+    assert (stage, started, tokens, requests, samples) == ("answer", 1.0, 7, 2, 2) and created > 1.0
     store.close()
 
 
@@ -55,8 +58,8 @@ def test_a_store_from_before_start_times_is_upgraded_in_place(tmp_path: Path) ->
     store = ProgressStore(path)
     store.put_generation("new", "bait", ["q2"], [6], [False], started=60.0)
     old, new = sorted(store.generation_spans())
-    assert old == ("bait", 50.0, 50.0, 5, 1)  # no start time recorded: it counts from its end
-    assert new[1] == 60.0 and new[3:] == (6, 1)
+    assert old == ("bait", 50.0, 50.0, 5, 1, 1)  # no start time recorded: it counts from its end
+    assert new[1] == 60.0 and new[3:] == (6, 1, 1)
     assert store.get_generations(["old"])["old"] == (["q"], [5], [False])
     store.close()
 

@@ -16,10 +16,12 @@ Three kinds of failure, treated differently:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -123,8 +125,53 @@ def generate(
             (results that arrived are stored, and the failure is recorded so later batches make no LLM call),
             or an earlier batch had failed.
     """
+    return submit(llm, prompts, num_generations, seeds, store=store, stage=stage).result()
+
+
+class Pending:
+    """The requests of one :func:`submit`. Async backends' requests run on the process's request loop (a
+    thread), so they go on while the step does other work, e.g. waits for its next batch; the rest are done
+    when :func:`submit` returns."""
+
+    def __init__(
+        self,
+        results: list[Samples | None],
+        futures: dict[int, concurrent.futures.Future],
+        settle: Callable[[], list[Samples]],
+    ) -> None:
+        self.results, self._futures, self._settle = results, futures, settle
+
+    @property
+    def in_flight(self) -> int:
+        """Prompts whose requests have not finished."""
+        return sum(not f.done() for f in self._futures.values())
+
+    def unfinished(self) -> list[concurrent.futures.Future]:
+        return [f for f in self._futures.values() if not f.done()]
+
+    def done(self) -> bool:
+        return not self.unfinished()
+
+    def result(self) -> list[Samples]:
+        """Waits for every request; then as :func:`generate`."""
+        concurrent.futures.wait(list(self._futures.values()))
+        return self._settle()
+
+
+def submit(
+    llm: LLM,
+    prompts: list[str],
+    num_generations: int,
+    seeds: list[int] | None = None,
+    *,
+    store: ProgressStore | None = None,
+    stage: str = "",
+) -> Pending:
+    """Start :func:`generate`'s requests and return at once for async backends (their requests run on
+    :func:`request_loop`); in-process backends generate before it returns. ``Pending.result()`` gives what
+    :func:`generate` returns and raises what it raises."""
     if not prompts:
-        return []
+        return Pending([], {}, list)
     if aborted(store):
         raise BackendFailure("an earlier batch failed; no more LLM calls in this run")
     kwargs = llm.get_generation_kwargs()
@@ -143,11 +190,37 @@ def generate(
                 results[i] = empty_samples(num_generations, known[key])
     todo = [i for i, r in enumerate(results) if r is None]
     rejected: dict[int, str] = {}
+    errors: list[BaseException] = []
 
-    def done(i: int, output: dict[str, Any], started: float, requests: int = 1) -> None:
+    def settle() -> list[Samples]:
+        failures = [f.exception() for f in futures.values() if f.exception() is not None]
+        if errors or failures:
+            err = (errors + failures)[0]
+            failure = BackendFailure(f"{type(err).__name__}: {err}")
+            record_failure(store, stage, str(failure))
+            raise failure from err
+        if rejected:
+            _settle_rejections(store, stage, keys, rejected, sent=len(todo))
+            for i, message in rejected.items():
+                results[i] = empty_samples(num_generations, message)
+        return [r if r is not None else empty_samples(num_generations) for r in results]
+
+    futures: dict[int, concurrent.futures.Future] = {}
+    if todo and isinstance(llm, AsyncLLM):
+        writer = None if store is None else store.path
+        loop = request_loop()
+        for i in todo:
+            coroutine = _request_async(
+                llm, prompts[i], num_generations, seeds[i] if seeded and seeds is not None else None,
+                kwargs, writer, keys[i], stage,
+            )  # fmt: skip
+            futures[i] = asyncio.run_coroutine_threadsafe(_one(coroutine, i, results, rejected), loop)
+        return Pending(results, futures, settle)
+
+    def done(i: int, output: dict[str, Any], started: float) -> None:
         results[i] = samples = _samples(output, num_generations)
         if store is not None and keys[i] is not None and any(t is not None for t in samples.texts):
-            store.put_generation(keys[i], stage, *samples[:3], started=started, requests=requests)
+            store.put_generation(keys[i], stage, *samples[:3], started=started, requests=1)
 
     def one_by_one(indices: list[int]) -> None:
         """In-process, one prompt per call: an error raised for a prompt rejects that prompt only."""
@@ -166,21 +239,7 @@ def generate(
     # our one-at-a-time in-process backends store every prompt as it finishes
     singly = (store is not None and seeded and not getattr(llm, "batched_generation", False)) or len(todo) == 1
     try:
-        if todo and isinstance(llm, AsyncLLM):
-            _generate_async(
-                llm,
-                prompts,
-                num_generations,
-                seeds if seeded else None,
-                kwargs,
-                todo,
-                done,
-                store,
-                keys,
-                rejected,
-                stage,
-            )
-        elif todo and singly:
+        if todo and singly:
             one_by_one(todo)
         elif todo:
             extra = {"seeds": [seeds[i] for i in todo]} if seeded and seeds is not None else {}
@@ -196,14 +255,8 @@ def generate(
                 for i, output in zip(todo, outputs):
                     done(i, output, started)
     except Exception as err:
-        failure = BackendFailure(f"{type(err).__name__}: {err}")
-        record_failure(store, stage, str(failure))
-        raise failure from err
-    if rejected:
-        _settle_rejections(store, stage, keys, rejected, sent=len(todo))
-        for i, message in rejected.items():
-            results[i] = empty_samples(num_generations, message)
-    return [r if r is not None else empty_samples(num_generations) for r in results]
+        errors.append(err)
+    return Pending(results, futures, settle)
 
 
 def _settle_rejections(
@@ -229,63 +282,85 @@ def _cached(store: ProgressStore, keys: list[str | None]) -> dict[int, tuple[lis
     return {i: found[k] for i, k in enumerate(keys) if k in found}
 
 
-def _generate_async(
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_pid = 0
+_writers: dict[str, ProgressStore] = {}
+
+
+def request_loop() -> asyncio.AbstractEventLoop:
+    """The process's event loop for async backends' requests, running in a daemon thread so requests go on
+    between a step's batches. One per process (a forked step makes its own); its store writes use their own
+    SQLite connections (see :func:`_writer`)."""
+    global _loop, _loop_pid
+    if _loop is None or _loop_pid != os.getpid():
+        _writers.clear()
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, name="crescent-requests", daemon=True).start()
+        _loop, _loop_pid = loop, os.getpid()
+    return _loop
+
+
+def _writer(path: Any) -> ProgressStore:
+    """The request loop's own connection to a store (only ever used on that loop's thread)."""
+    key = str(path)
+    if key not in _writers:
+        _writers[key] = ProgressStore(path)
+    return _writers[key]
+
+
+async def _one(coroutine: Any, i: int, results: list[Samples | None], rejected: dict[int, str]) -> None:
+    try:
+        results[i] = await coroutine
+    except Exception as err:
+        if (message := refusal(err, in_process=False)) is None:
+            raise
+        rejected[i] = message
+
+
+async def _request_async(
     llm: AsyncLLM,
-    prompts: list[str],
+    prompt: str,
     n: int,
-    seeds: list[int] | None,
+    seed: int | None,
     kwargs: dict[str, Any],
-    todo: list[int],
-    done: Any,
-    store: ProgressStore | None,
-    keys: list[str | None],
-    rejected: dict[int, str],
+    store_path: Any,
+    key: str | None,
     stage: str,
-) -> None:
-    """All prompts concurrently. With our client and a store, each answered request is committed at once,
-    so a prompt whose samples take several requests (servers that ignore ``n``) resumes mid-way."""
+) -> Samples:
+    """One prompt's samples from an async backend. With our client and a store, each answered request is
+    committed at once, so a prompt whose samples take several requests (servers that ignore ``n``) resumes
+    mid-way."""
     from crescent_distilabel.llms import OpenAICompatibleLLM, merge_output
 
-    async def request(i: int) -> None:
-        chat = user_turn(prompts[i])
-        started = time.time()
-        if seeds is None or store is None or keys[i] is None or not isinstance(llm, OpenAICompatibleLLM):
-            extra = {"seed": seeds[i]} if seeds is not None and _takes(llm.agenerate, "seed") else {}
-            done(i, await llm.agenerate(input=chat, num_generations=n, **kwargs, **extra), started)
-            return
+    chat = user_turn(prompt)
+    started = time.time()
+    store = None if store_path is None or key is None else _writer(store_path)
+    if seed is None or store is None or key is None or not isinstance(llm, OpenAICompatibleLLM):
+        extra = {"seed": seed} if seed is not None and _takes(llm.agenerate, "seed") else {}
+        samples = _samples(await llm.agenerate(input=chat, num_generations=n, **kwargs, **extra), n)
+        made = 1
+    else:
         merged: dict[str, Any] = {
             "generations": [],
             "statistics": {"input_tokens": [], "output_tokens": []},
             "truncated": [],
         }
-        parts = store.get_parts(keys[i])
+        parts = store.get_parts(key)
         for part in parts:
             merge_output(merged, part)
         index, made = len(parts), 0  # made: requests sent by this run
         while len(merged["generations"]) < n:  # the same seeds, request by request, as OpenAICompatibleLLM.agenerate
-            part = await llm.arequest(chat, n - len(merged["generations"]), **kwargs, seed=seeds[i] + index)
+            part = await llm.arequest(chat, n - len(merged["generations"]), **kwargs, seed=seed + index)
             made += 1
             if not part["generations"]:
                 break
-            store.put_part(keys[i], index, part, stage)
+            store.put_part(key, index, part, stage)
             merge_output(merged, part)
             index += 1
-        done(i, merged, started, made)
-
-    async def one(i: int) -> None:
-        try:
-            await request(i)
-        except Exception as err:
-            if (message := refusal(err, in_process=False)) is None:
-                raise
-            rejected[i] = message
-
-    async def run() -> list[Any]:
-        return await asyncio.gather(*(one(i) for i in todo), return_exceptions=True)
-
-    errors = [e for e in llm.event_loop.run_until_complete(run()) if isinstance(e, BaseException)]
-    if errors:
-        raise errors[0]
+        samples = _samples(merged, n)
+    if store is not None and key is not None and any(t is not None for t in samples.texts):
+        store.put_generation(key, stage, *samples[:3], started=started, requests=made)
+    return samples
 
 
 def open_store(path: str | None, step: str | None = None) -> ProgressStore | None:

@@ -1,5 +1,8 @@
 """Stage 1, bait prompting: the model invents questions from one fixed prompt, with no seed data."""
 
+from collections import deque
+
+from distilabel.models.llms.base import AsyncLLM
 from distilabel.steps import GeneratorStep, StepInput
 from distilabel.steps.tasks import GeneratorTask, Task
 from distilabel.typing import ChatType, GeneratorStepOutput, StepColumns, StepOutput
@@ -11,10 +14,11 @@ from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import BAIT_PROMPT
 from crescent_distilabel.steps._llm import (
     BackendFailure,
+    Pending,
     empty_samples,
-    generate,
     open_store,
     step_errors,
+    submit,
     user_turn,
 )
 from crescent_distilabel.store import ProgressStore
@@ -51,6 +55,9 @@ class BaitPrompting(GeneratorTask):
         seed: the run seed; each call's samples get a seed derived from it and the call index.
         progress_db: a progress store (SQLite) that keeps every generation as it finishes, so a re-run
             reuses it; None keeps nothing.
+        calls_in_flight: with an async backend (a server), calls kept running ahead of the batches handed
+            on, so the server works while the later stages take the last batch (distilabel asks a generator
+            for its next batch only when the next step needs rows). Results do not depend on it.
 
     Runtime parameters:
         - `batch_size`: rows per output batch, rounded to whole calls.
@@ -98,12 +105,20 @@ class BaitPrompting(GeneratorTask):
     require_digits: bool = True
     seed: int = 0
     progress_db: str | None = None
+    calls_in_flight: PositiveInt = 4
 
     _store: ProgressStore | None = PrivateAttr(None)
+    _early: "_InFlight | None" = PrivateAttr(None)
 
     def load(self) -> None:
         self._store = open_store(self.progress_db, self.name)  # first: the model load itself may crash
         super().load()
+        if self._store is not None and isinstance(self.llm, AsyncLLM):
+            # distilabel asks for the first batch only once every step has loaded (the embedding model takes
+            # seconds): start the first calls now, so the server works meanwhile. Stored as they finish, so
+            # on a re-run that starts later (offset > 0) they are cache hits, never repeated requests.
+            self._early = self._in_flight(0)
+            self._early.top_up()
 
     @property
     def outputs(self) -> StepColumns:
@@ -120,23 +135,66 @@ class BaitPrompting(GeneratorTask):
 
     def process(self, offset: int = 0) -> GeneratorStepOutput:
         """Yield ``(rows, last_batch)``; ``offset`` counts rows already produced (whole calls)."""
-        calls_per_batch = max(1, self.batch_size // self.samples_per_call)
         first_call = offset // self.samples_per_call
-        for start in range(first_call, self.num_calls, calls_per_batch):
-            calls = range(start, min(start + calls_per_batch, self.num_calls))
+        early, self._early = self._early, None
+        flight = early if early is not None and early.first_call == first_call else self._in_flight(first_call)
+        while flight.remaining:
             with step_errors(self._store, "bait"):
-                rows = bait_rows(self, list(calls), self._store)
+                flight.top_up()
+                calls, pending = flight.started.popleft()
+                rows = bait_rows(self, calls, self._store, pending)
             yield rows, calls[-1] == self.num_calls - 1
 
+    def _in_flight(self, first_call: int) -> "_InFlight":
+        calls_per_batch = max(1, self.batch_size // self.samples_per_call)
+        batches = [
+            list(range(start, min(start + calls_per_batch, self.num_calls)))
+            for start in range(first_call, self.num_calls, calls_per_batch)
+        ]
+        ahead = self.calls_in_flight if isinstance(self.llm, AsyncLLM) else 0  # in-process: nothing to overlap
+        return _InFlight(self, first_call, deque(batches), ahead)
 
-def bait_rows(step: "BaitPrompting | BaitSampling", calls: list[int], store: ProgressStore | None) -> list[dict]:
-    """The cleaned samples of some bait calls, each call seeded by its index (so any process may make it)."""
+
+class _InFlight:
+    """Bait batches still to hand on, and the calls started for the first of them (``ahead`` calls at most
+    beyond the batch being waited for)."""
+
+    def __init__(self, step: BaitPrompting, first_call: int, batches: deque[list[int]], ahead: int) -> None:
+        self.step, self.first_call, self.batches, self.ahead = step, first_call, batches, ahead
+        self.started: deque[tuple[list[int], Pending | None]] = deque()
+
+    @property
+    def remaining(self) -> bool:
+        return bool(self.started or self.batches)
+
+    def top_up(self) -> None:
+        while self.batches and (not self.started or sum(len(c) for c, _ in self.started) < self.ahead):
+            calls = self.batches.popleft()
+            self.started.append((calls, start_calls(self.step, calls, self.step._store)))
+
+
+def start_calls(step: "BaitPrompting | BaitSampling", calls: list[int], store: ProgressStore | None) -> Pending | None:
+    """Start some bait calls, each seeded by its index (so any process may make it); None when the run is
+    stopping."""
     seeds = [derive_seed(step.seed, "bait", call) for call in calls]
+    try:
+        prompts = [step.bait_prompt] * len(calls)
+        return submit(step.llm, prompts, step.samples_per_call, seeds, store=store, stage="bait")
+    except BackendFailure:
+        return None
+
+
+def bait_rows(
+    step: "BaitPrompting | BaitSampling", calls: list[int], store: ProgressStore | None, pending: Pending | None = None
+) -> list[dict]:
+    """The cleaned samples of some bait calls (started by :func:`start_calls` unless ``pending`` is given)."""
+    if pending is None:
+        pending = start_calls(step, calls, store)
     failed = False
     try:
-        results = generate(
-            step.llm, [step.bait_prompt] * len(calls), step.samples_per_call, seeds, store=store, stage="bait"
-        )
+        if pending is None:
+            raise BackendFailure("an earlier batch failed; no more LLM calls in this run")
+        results = pending.result()
     except BackendFailure as err:
         step._logger.warning(f"bait calls {calls[0]}-{calls[-1]} failed: {err}")
         failed = True
@@ -209,10 +267,17 @@ class BaitSampling(Task):
     progress_db: str | None = None
 
     _store: ProgressStore | None = PrivateAttr(None)
+    _early: "_InFlight | None" = PrivateAttr(None)
 
     def load(self) -> None:
         self._store = open_store(self.progress_db, self.name)  # first: the model load itself may crash
         super().load()
+        if self._store is not None and isinstance(self.llm, AsyncLLM):
+            # distilabel asks for the first batch only once every step has loaded (the embedding model takes
+            # seconds): start the first calls now, so the server works meanwhile. Stored as they finish, so
+            # on a re-run that starts later (offset > 0) they are cache hits, never repeated requests.
+            self._early = self._in_flight(0)
+            self._early.top_up()
 
     @property
     def inputs(self) -> StepColumns:

@@ -1,5 +1,7 @@
 """Stage 3, consensus enhancement: k answers per question, majority vote on the final answers."""
 
+import concurrent.futures
+from collections import deque
 from typing import Any, Literal
 
 from distilabel.steps import StepInput
@@ -12,9 +14,11 @@ from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import ANSWER_TEMPLATE, check_template, sft_views
 from crescent_distilabel.steps._llm import (
     BackendFailure,
-    generate,
+    Pending,
+    Samples,
     open_store,
     step_errors,
+    submit,
     user_turn,
 )
 from crescent_distilabel.store import ProgressStore
@@ -44,6 +48,12 @@ class Consensus(Task):
         seed: the run seed; each question's k samples get seeds derived from it and the question.
         progress_db: a progress store (SQLite) that keeps every question's answers as they finish, so a re-run
             reuses them; None keeps nothing.
+        window: with an async backend (a server), questions kept in flight across batches: a batch's rows come
+            out once answered, later batches' requests already running, so the server never waits for a
+            batch's slowest chain. None: each batch is answered before the step returns. Needs
+            ``expected_rows``.
+        expected_rows: every row this step will receive (the run's bait samples), so it knows its last batch
+            and returns every row it still holds there.
 
     Input columns:
         - question (`str | None`): the question (None for rows dropped upstream).
@@ -95,8 +105,12 @@ class Consensus(Task):
     no_answer_policy: Literal["abstain", "vote"] = "abstain"
     seed: int = 0
     progress_db: str | None = None
+    window: PositiveInt | None = None
+    expected_rows: PositiveInt | None = None
 
     _store: ProgressStore | None = PrivateAttr(None)
+    _held: deque = PrivateAttr(default_factory=deque)  # (rows, live, Pending) in input order
+    _seen: int = PrivateAttr(0)
     group_generations: bool = Field(default=True, exclude=True)
 
     @field_validator("min_agreement")
@@ -136,6 +150,7 @@ class Consensus(Task):
     def load(self) -> None:
         self._store = open_store(self.progress_db, self.name)  # first: the model load itself may crash
         super().load()
+        self._held, self._seen = deque(), 0
 
     def format_input(self, input: dict[str, Any]) -> ChatType:  # noqa: A002 - distilabel's signature
         return user_turn(self.answer_template.format(question=input["question"]))
@@ -158,6 +173,26 @@ class Consensus(Task):
         yield rows
 
     def _answer_and_vote(self, inputs: StepInput) -> list[dict[str, Any]]:
+        """This batch's rows, or with a ``window`` the rows of earlier batches whose answers are in."""
+        rows, live, pending = self._start(inputs)
+        if self.window is None or self.expected_rows is None:
+            return self._finish(rows, live, pending)
+        self._held.append((rows, live, pending))
+        self._seen += len(rows)
+        if self._seen > self.expected_rows:
+            raise RuntimeError(f"consensus received {self._seen} rows, more than the {self.expected_rows} expected")
+        last = self._seen == self.expected_rows
+        while not last:  # wait only while `window` questions or more are in flight
+            unfinished = [f for _, _, p in self._held for f in p.unfinished()]
+            if len(unfinished) < self.window:
+                break
+            concurrent.futures.wait(unfinished, return_when=concurrent.futures.FIRST_COMPLETED)
+        out: list[dict[str, Any]] = []
+        while self._held and (last or self._held[0][2].done()):  # in input order
+            out += self._finish(*self._held.popleft())
+        return out
+
+    def _start(self, inputs: StepInput) -> tuple[list[dict[str, Any]], list[int], Pending | None]:
         empty = {
             "answer": None,
             "final_answer": None,
@@ -183,11 +218,20 @@ class Consensus(Task):
             for i in live
         ]
         try:
-            answers = generate(self.llm, prompts, self.num_answers, seeds, store=self._store, stage="answer")
+            pending = submit(self.llm, prompts, self.num_answers, seeds, store=self._store, stage="answer")
+        except BackendFailure:
+            pending = None
+        return rows, live, pending
+
+    def _finish(self, rows: list[dict[str, Any]], live: list[int], pending: Pending | None) -> list[dict[str, Any]]:
+        answers: list[Samples] = []
+        try:
+            if pending is None:
+                raise BackendFailure("an earlier batch failed")
+            answers = pending.result()
         except BackendFailure:
             for i in live:
                 rows[i]["drop_reason"] = "generation_failed"
-            answers = []
         for i, (chains, tokens, truncated, rejected) in zip(live, answers):
             if rejected:
                 rows[i]["drop_reason"] = "answer_rejected"

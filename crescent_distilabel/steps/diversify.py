@@ -1,6 +1,7 @@
 """Stage 2, diversification: rejection-sampling self-deduplication with rewrites."""
 
-from typing import Any
+from collections import deque
+from typing import Any, NamedTuple
 
 import numpy as np
 from distilabel.models.embeddings.base import Embeddings
@@ -24,12 +25,21 @@ from crescent_distilabel.similarity import (
 )
 from crescent_distilabel.steps._llm import (
     BackendFailure,
-    generate,
+    Pending,
     open_store,
     step_errors,
+    submit,
     user_turn,
 )
 from crescent_distilabel.store import ProgressStore
+
+
+class _Rewrites(NamedTuple):
+    """Rows whose rewrite requests were sent together, and the input batch at which they are checked."""
+
+    due: int
+    rows: list[dict[str, Any]]
+    pending: Pending | None
 
 
 @with_citation
@@ -58,6 +68,12 @@ class Diversify(Task):
         seed: the run seed; each rewrite request gets a seed derived from it, the question and the round.
         progress_db: a progress store (SQLite) for rewrites, embeddings and decisions, so a re-run replays
             this stage without calling the LLM or the embedding model again; None keeps nothing.
+        rewrite_lag: input batches a rewrite may take: 0 (the paper) checks a batch's rewrites before the step
+            returns, so the later stages wait for its slowest rewrite; ``L`` hands the batch's accepted rows on
+            at once and checks its rewrites when batch ``b + L`` arrives, against the history as it is then.
+            Deterministic for a given ``L`` (a result setting), whatever the timing. Needs ``expected_rows``.
+        expected_rows: every row this step will receive (the run's bait samples), so it knows its last batch
+            and checks every rewrite still out there.
 
     Input columns:
         - question (`str | None`): the cleaned question (None for rows dropped upstream).
@@ -106,13 +122,20 @@ class Diversify(Task):
     require_digits: bool = True
     seed: int = 0
     progress_db: str | None = None
+    rewrite_lag: int = Field(default=0, ge=0)
+    expected_rows: PositiveInt | None = None
 
     _store: ProgressStore | None = PrivateAttr(None)
     _index: SimilarityIndex | None = PrivateAttr(None)
     _texts: list[str] = PrivateAttr(default_factory=list)
+    _waiting: deque = PrivateAttr(default_factory=deque)  # _Rewrites, by due batch
+    _batch: int = PrivateAttr(-1)
+    _seen: int = PrivateAttr(0)
 
     def model_post_init(self, __context: Any) -> None:
         check_template(self.rewrite_template, ("question", "neighbour"))
+        if self.rewrite_lag and self.expected_rows is None:
+            raise ValueError("rewrite_lag > 0 needs expected_rows: the step must know its last batch")
         super().model_post_init(__context)
 
     @property
@@ -137,6 +160,7 @@ class Diversify(Task):
         self.embeddings.load()
         self._index = None
         self._texts = []
+        self._waiting, self._batch, self._seen = deque(), -1, 0
 
     def unload(self) -> None:
         self.embeddings.unload()
@@ -172,21 +196,20 @@ class Diversify(Task):
             self._index = SimilarityIndex(vectors.shape[1], exact_limit=self.exact_limit)
         return vectors
 
-    def _accept(self, rows: list[dict[str, Any]], live: list[int], vectors: np.ndarray) -> list[int]:
-        """Check rows against the history (which takes the accepted ones); returns rows to rewrite."""
+    def _accept(self, rows: list[dict[str, Any]], vectors: np.ndarray) -> list[dict[str, Any]]:
+        """Check rows against the history (which takes the accepted ones); returns the rows to rewrite."""
         assert self._index is not None
         decisions = accept_against_history(vectors, self._index, self.history_threshold)
-        self._texts.extend(rows[i]["question"] for i, d in zip(live, decisions) if d.accepted)
+        self._texts.extend(row["question"] for row, d in zip(rows, decisions) if d.accepted)
         to_rewrite = []
-        for i, decision in zip(live, decisions):
-            row = rows[i]
+        for row, decision in zip(rows, decisions):
             if decision.neighbour >= 0:  # history ids: earlier batches first, then this batch's accepted
                 row["nearest_similarity"] = decision.similarity
                 row["nearest_question"] = self._texts[decision.neighbour]
             if decision.accepted:
                 continue
             if row["rewrites"] < self.max_rewrites:
-                to_rewrite.append(i)
+                to_rewrite.append(row)
             else:
                 row["drop_reason"] = "duplicate"
         assert len(self._texts) == len(self._index), "history texts and index out of step"
@@ -198,6 +221,13 @@ class Diversify(Task):
         yield rows
 
     def _diversify(self, inputs: StepInput) -> list[dict[str, Any]]:
+        """This batch's finished rows, after the rewrites due now (see ``rewrite_lag``) are checked."""
+        self._batch += 1
+        self._seen += len(inputs)
+        if self.expected_rows is not None and self._seen > self.expected_rows:
+            raise RuntimeError(f"diversify received {self._seen} rows, more than the {self.expected_rows} expected")
+        last = self.expected_rows is not None and self._seen == self.expected_rows
+        finished = self._check_rewrites(until=self._batch)  # earlier batches' rewrites first, as they were sent
         rows = [
             {
                 **row,
@@ -210,31 +240,58 @@ class Diversify(Task):
             }
             for row in inputs
         ]
-        live = [i for i, row in enumerate(rows) if row["drop_reason"] is None]
+        live = [row for row in rows if row["drop_reason"] is None]
         if live:
-            vectors = self._embed([rows[i]["question"] for i in live])
+            vectors = self._embed([row["question"] for row in live])
             batch_dup = within_batch_duplicates(vectors, self.within_batch_threshold)
-            for i in np.asarray(live)[batch_dup]:
-                rows[i]["drop_reason"] = "batch_duplicate"
-            live, vectors = [i for i, d in zip(live, batch_dup) if not d], vectors[~batch_dup]
-        while live:
-            to_rewrite = self._accept(rows, live, vectors)
-            if not to_rewrite:
-                break
-            prompts = [
-                self.rewrite_template.format(question=rows[i]["question"], neighbour=rows[i]["nearest_question"])
-                for i in to_rewrite
-            ]
-            seeds = [derive_seed(self.seed, "rewrite", rows[i]["question"], rows[i]["rewrites"]) for i in to_rewrite]
+            for row, dup in zip(live, batch_dup):
+                if dup:
+                    row["drop_reason"] = "batch_duplicate"
+            live, vectors = [row for row, d in zip(live, batch_dup) if not d], vectors[~batch_dup]
+        waiting = self._send(self._accept(live, vectors)) if live else set()
+        later = self._check_rewrites(until=float("inf") if last else self._batch)
+        resolved, ours = {id(row) for row in later}, {id(row) for row in rows}
+        finished += [row for row in rows if id(row) not in waiting or id(row) in resolved]  # in input order
+        finished += [row for row in later if id(row) not in ours]
+        for row in finished:
+            if row["drop_reason"] is not None:
+                row["question"] = None
+        if self._store is not None:
+            self._store.record_decisions(
+                "diversify", ((_item(r), r["drop_reason"] or "accepted", _detail(r)) for r in finished)
+            )
+        return finished
+
+    def _send(self, rows: list[dict[str, Any]]) -> set[int]:
+        """Start rewrite requests for rows, due at batch ``now + rewrite_lag``; returns the rows' ids."""
+        if not rows:
+            return set()
+        prompts = [self.rewrite_template.format(question=r["question"], neighbour=r["nearest_question"]) for r in rows]
+        seeds = [derive_seed(self.seed, "rewrite", r["question"], r["rewrites"]) for r in rows]
+        try:
+            pending = submit(self.llm, prompts, 1, seeds, store=self._store, stage="rewrite")
+        except BackendFailure:
+            pending = None
+        self._waiting.append(_Rewrites(self._batch + self.rewrite_lag, rows, pending))
+        return {id(r) for r in rows}
+
+    def _check_rewrites(self, until: float) -> list[dict[str, Any]]:
+        """Check the rewrites due by batch ``until``, in the order sent: a rewrite still too similar is sent
+        again (due ``rewrite_lag`` batches later); returns the rows that are finished."""
+        finished: list[dict[str, Any]] = []
+        while self._waiting and self._waiting[0].due <= until:
+            _, rows, pending = self._waiting.popleft()
             try:
-                rewrites = generate(self.llm, prompts, 1, seeds, store=self._store, stage="rewrite")
+                if pending is None:
+                    raise BackendFailure("an earlier batch failed")
+                rewrites = pending.result()
             except BackendFailure:
-                for i in to_rewrite:
-                    rows[i]["drop_reason"] = "generation_failed"
-                break
+                for row in rows:
+                    row["drop_reason"] = "generation_failed"
+                finished += rows
+                continue
             live = []
-            for i, samples in zip(to_rewrite, rewrites):
-                row = rows[i]
+            for row, samples in zip(rows, rewrites):
                 if samples.rejected:
                     row["drop_reason"] = "rewrite_rejected"
                     continue
@@ -245,23 +302,18 @@ class Diversify(Task):
                     row["drop_reason"] = f"rewrite_{cleaned['drop_reason']}"
                     continue
                 row["question"] = cleaned["question"]
-                live.append(i)
-            if not live:
-                break
-            vectors = self._embed([rows[i]["question"] for i in live])
-            if not self.recheck_rewrites:  # the released scripts: a rewrite is accepted as it is
-                assert self._index is not None
-                self._index.add(vectors)
-                self._texts.extend(rows[i]["question"] for i in live)
-                break
-        for row in rows:
-            if row["drop_reason"] is not None:
-                row["question"] = None
-        if self._store is not None:
-            self._store.record_decisions(
-                "diversify", ((_item(r), r["drop_reason"] or "accepted", _detail(r)) for r in rows)
-            )
-        return rows
+                live.append(row)
+            waiting: set[int] = set()
+            if live:
+                vectors = self._embed([row["question"] for row in live])
+                if self.recheck_rewrites:
+                    waiting = self._send(self._accept(live, vectors))
+                else:  # the released scripts: a rewrite is accepted as it is
+                    assert self._index is not None
+                    self._index.add(vectors)
+                    self._texts.extend(row["question"] for row in live)
+            finished += [row for row in rows if id(row) not in waiting]
+        return finished
 
 
 def _item(row: dict[str, Any]) -> str:
