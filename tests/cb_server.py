@@ -166,13 +166,20 @@ class FakeContinuousBatchingServer:
         next_sample = 0.0
         while True:
             now = time.perf_counter() - self._t0
-            target = int(now / self.step_time)
-            while self.step < target:
-                self._advance()
+            if self.step_time > 0:
+                target = int(now / self.step_time)
+                while self.step < target:
+                    self._advance()
+            else:  # an instant server (the pipeline's own ceiling): everything admitted finishes at once
+                while self._running:
+                    self._advance()
             if now >= next_sample:
                 self.timeline.append((round(now, 3), len(self._running), self._waiting_sequences()))
                 next_sample = now + self.sample_every
-            await asyncio.sleep(max(0.0, (self.step + 1) * self.step_time - (time.perf_counter() - self._t0)))
+            if self.step_time > 0:
+                await asyncio.sleep(max(0.0, (self.step + 1) * self.step_time - (time.perf_counter() - self._t0)))
+            else:
+                await asyncio.sleep(0.001)
 
     def _waiting_sequences(self) -> int:
         return len(self._waiting)
