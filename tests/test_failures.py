@@ -86,7 +86,7 @@ def test_a_step_process_killed_mid_run_stops_the_cli_with_exit_3_and_the_rerun_c
     assert "re-run the same command to continue" in err
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert not (diff := differences(dataset(out), reference[0])), diff  # nothing lost, nothing duplicated
+    assert not (diff := differences(dataset(out), reference[0])), "\n".join(diff)  # nothing lost or duplicated
 
 
 @pytest.mark.parametrize(("how", "code", "text"), [("exit", 7, "exited with code 7"), ("abort", -6, "SIGABRT")])
