@@ -75,7 +75,9 @@ class BaitConfig(_Section):
     max_chars: PositiveInt = 1500
     require_digits: bool = True
     calls_in_flight: PositiveInt = Field(
-        4, description="servers only: bait calls kept running ahead of the later stages (results do not change)"
+        1,
+        description="servers only: bait calls in flight, ahead of what the later stages have taken (results do not"
+        " change); 1 suits a server that runs one request at a time (llama.cpp), a GPU server wants 10-20",
     )
 
 

@@ -55,9 +55,10 @@ class BaitPrompting(GeneratorTask):
         seed: the run seed; each call's samples get a seed derived from it and the call index.
         progress_db: a progress store (SQLite) that keeps every generation as it finishes, so a re-run
             reuses it; None keeps nothing.
-        calls_in_flight: with an async backend (a server), calls kept running ahead of the batches handed
-            on, so the server works while the later stages take the last batch (distilabel asks a generator
-            for its next batch only when the next step needs rows). Results do not depend on it.
+        calls_in_flight: with an async backend (a server), calls kept running ahead of the batches handed on,
+            so the server works while the later stages take the last batch (distilabel asks a generator for its
+            next batch only when the next step needs rows). 1: only the call being waited for; more only wait
+            in a server that runs one request at a time, and may time out there. Results do not depend on it.
 
     Runtime parameters:
         - `batch_size`: rows per output batch, rounded to whole calls.
@@ -105,7 +106,7 @@ class BaitPrompting(GeneratorTask):
     require_digits: bool = True
     seed: int = 0
     progress_db: str | None = None
-    calls_in_flight: PositiveInt = 4
+    calls_in_flight: PositiveInt = 1
 
     _store: ProgressStore | None = PrivateAttr(None)
     _early: "_InFlight | None" = PrivateAttr(None)
