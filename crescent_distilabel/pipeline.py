@@ -102,6 +102,7 @@ def build_pipeline(
             else question_llm.model_copy(deep=True)
         )
     bait_cfg, div_cfg, con_cfg = recipe.bait, recipe.diversify, recipe.consensus
+    samples = bait_cfg.num_calls * bait_cfg.samples_per_call  # rows every later step receives
     with Pipeline(
         name=f"crescent-{recipe.name}",
         description="CRESCENT: bait prompting, diversification and consensus (arXiv 2502.13441)",
@@ -148,7 +149,7 @@ def build_pipeline(
                 progress_db=db,
                 input_batch_size=div_cfg.batch_size or bait_cfg.samples_per_call,
                 rewrite_lag=div_cfg.rewrite_lag,
-                expected_rows=bait_cfg.num_calls * bait_cfg.samples_per_call if div_cfg.rewrite_lag else None,
+                expected_rows=samples if div_cfg.rewrite_lag else None,
                 resources=ray_cluster.step_resources(recipe.ray, "diversify"),  # always 1 replica (RayReplicas)
             )
             last = last >> diversify
@@ -166,7 +167,7 @@ def build_pipeline(
             progress_db=db,
             input_batch_size=min(con_cfg.batch_size, 50) if rolling else con_cfg.batch_size,
             window=con_cfg.batch_size if rolling else None,
-            expected_rows=bait_cfg.num_calls * bait_cfg.samples_per_call if rolling else None,
+            expected_rows=samples if rolling else None,
             resources=ray_cluster.step_resources(recipe.ray, "consensus"),
         )
         last >> consensus
@@ -242,19 +243,12 @@ def gpus_used(recipe: Recipe) -> int:
         replicas = recipe.ray.replicas
         steps = replicas.bait + replicas.consensus + (replicas.diversify if recipe.diversify.enabled else 0)
         return recipe.ray.gpus_per_replica * steps
-    try:
-        import torch
-    except ImportError:
+    visible = visible_gpus()
+    if not visible:
         return 0
-    if not torch.cuda.is_available():
-        return 0
-    visible = torch.cuda.device_count()
-    steps = {"question_model": 1 + int(recipe.diversify.enabled), "answer_model": 1}
-    if recipe.answer_model is None:
-        steps = {"question_model": steps["question_model"] + 1}
     used, servers = 0, set()
-    for name, n_steps in steps.items():
-        model = getattr(recipe, name)
+    for name, names in recipe.llm_steps().items():
+        model, n_steps = getattr(recipe, name), len(names)
         if model.backend in LOCAL_BACKENDS:
             return visible
         if model.backend == "vllm":

@@ -97,7 +97,7 @@ class DiversifyConfig(_Section):
         0,
         ge=0,
         description="batches a rewrite may take before it is checked: 0 is the paper (the later stages wait "
-        "for each batch's slowest rewrite); 2 keeps a GPU server busy (changes which questions are kept)",
+        "for each batch's slowest rewrite); 4-8 keeps a GPU server busy (changes which questions are kept)",
     )
 
     @field_validator("rewrite_prompt")
@@ -235,6 +235,13 @@ class Recipe(_Section):
             if isinstance(given, dict):
                 merged[section] = {**defaults, **given}
         return merged
+
+    def llm_steps(self) -> dict[str, list[str]]:
+        """The LLM steps each model section serves: ``{"question_model": ["bait", "diversify", ...], ...}``."""
+        asking = ["bait"] + (["diversify"] if self.diversify.enabled else [])
+        if self.answer_model is None:
+            return {"question_model": [*asking, "consensus"]}
+        return {"question_model": asking, "answer_model": ["consensus"]}
 
     def result_settings(self) -> dict[str, Any]:
         """Every setting that changes results, flattened (``consensus.k``: 3, ...); not where results are

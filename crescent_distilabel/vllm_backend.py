@@ -228,14 +228,9 @@ def engine_plan_error(recipe: Recipe, visible_gpus: int) -> str | None:
     """
     if visible_gpus <= 0 or recipe.ray.enabled:
         return None
-    steps = {"question_model": ["bait"] + (["diversify"] if recipe.diversify.enabled else [])}
-    if recipe.answer_model is None:
-        steps["question_model"].append("consensus")
-    else:
-        steps["answer_model"] = ["consensus"]
     engines = [
         (step, getattr(recipe, name).tensor_parallel_size)
-        for name, names in steps.items()
+        for name, names in recipe.llm_steps().items()
         if getattr(recipe, name).backend == "vllm"
         for step in names
     ]

@@ -141,11 +141,6 @@ class Pending:
     ) -> None:
         self.results, self._futures, self._settle = results, futures, settle
 
-    @property
-    def in_flight(self) -> int:
-        """Prompts whose requests have not finished."""
-        return sum(not f.done() for f in self._futures.values())
-
     def unfinished(self) -> list[concurrent.futures.Future]:
         return [f for f in self._futures.values() if not f.done()]
 

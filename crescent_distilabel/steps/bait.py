@@ -268,17 +268,10 @@ class BaitSampling(Task):
     progress_db: str | None = None
 
     _store: ProgressStore | None = PrivateAttr(None)
-    _early: "_InFlight | None" = PrivateAttr(None)
 
     def load(self) -> None:
         self._store = open_store(self.progress_db, self.name)  # first: the model load itself may crash
         super().load()
-        if self._store is not None and isinstance(self.llm, AsyncLLM):
-            # distilabel asks for the first batch only once every step has loaded (the embedding model takes
-            # seconds): start the first calls now, so the server works meanwhile. Stored as they finish, so
-            # on a re-run that starts later (offset > 0) they are cache hits, never repeated requests.
-            self._early = self._in_flight(0)
-            self._early.top_up()
 
     @property
     def inputs(self) -> StepColumns:

@@ -183,12 +183,12 @@ class Consensus(Task):
             raise RuntimeError(f"consensus received {self._seen} rows, more than the {self.expected_rows} expected")
         last = self._seen == self.expected_rows
         while not last:  # wait only while `window` questions or more are in flight
-            unfinished = [f for _, _, p in self._held for f in p.unfinished()]
+            unfinished = [f for _, _, p in self._held if p is not None for f in p.unfinished()]
             if len(unfinished) < self.window:
                 break
             concurrent.futures.wait(unfinished, return_when=concurrent.futures.FIRST_COMPLETED)
         out: list[dict[str, Any]] = []
-        while self._held and (last or self._held[0][2].done()):  # in input order
+        while self._held and (last or self._held[0][2] is None or self._held[0][2].done()):  # in input order
             out += self._finish(*self._held.popleft())
         return out
 
