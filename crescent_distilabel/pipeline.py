@@ -12,6 +12,7 @@ import json
 import logging
 import platform
 import shutil
+import sys
 import time
 import warnings
 from collections import Counter
@@ -404,6 +405,10 @@ def run_recipe(
     same ``output_dir`` again reuses them, so a killed or failed run continues where it stopped, and a finished
     one is rewritten identically without calling the LLM.
 
+    In a process that has loaded torch or llama.cpp (see :func:`fork_unsafe`) the run goes on in a fresh
+    process: a script that calls this then needs the usual ``if __name__ == "__main__":`` guard, and LLM objects
+    passed in must pickle (distilabel's own step processes already need that).
+
     Args:
         recipe: the run's settings.
         overwrite: start over: remove what earlier runs wrote in ``output_dir`` (never other files).
@@ -414,6 +419,68 @@ def run_recipe(
         embeddings: the diversification embedding model instead of the recipe's (see :func:`build_pipeline`).
         consensus_step: a :class:`Consensus` subclass to answer and vote (see :func:`build_pipeline`).
     """
+    kwargs = {
+        "overwrite": overwrite,
+        "question_llm": question_llm,
+        "answer_llm": answer_llm,
+        "embeddings": embeddings,
+        "consensus_step": consensus_step,
+        "show_progress": show_progress,
+        "verbose": verbose,
+    }
+    if not recipe.ray.enabled and (module := fork_unsafe()):
+        logger.info(f"{module} is loaded in this process, so the run goes on in a fresh process (see fork_unsafe)")
+        return _in_fresh_process(recipe, kwargs)
+    return _run(recipe, **kwargs)
+
+
+FORK_UNSAFE_MODULES = ("torch", "llama_cpp")
+
+
+def fork_unsafe() -> str | None:
+    """The loaded module (torch, llama_cpp) that may have started a GNU OpenMP thread pool in this process.
+
+    distilabel forks its step processes, and a child forked after the parent ran an OpenMP parallel region (a
+    notebook that trained or evaluated, a test that did) hangs at its own first one: the embedder's torch, the
+    llama.cpp backend. Which of them has run cannot be read from outside, so a loaded module counts. The CLI
+    never loads either in its own process, so ``crescent generate`` always forks directly.
+    """
+    return next((name for name in FORK_UNSAFE_MODULES if name in sys.modules), None)
+
+
+def _in_fresh_process(recipe: Recipe, kwargs: dict[str, Any]) -> RunResult:
+    """:func:`run_recipe` in a spawned process (a clean one, whose step processes fork safely: it forks them
+    as usual, not with the spawn method it was started with). Its errors are
+    raised here. A Ctrl-C reaches it too: it stops as a run stops and its (incomplete) result comes back; a
+    second Ctrl-C leaves it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_fork_children) as pool:
+        future = pool.submit(_run, recipe, **kwargs)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            return future.result()
+
+
+def _fork_children() -> None:
+    import multiprocessing
+
+    multiprocessing.set_start_method("fork", force=True)  # a spawned process would spawn distilabel's workers
+
+
+def _run(
+    recipe: Recipe,
+    *,
+    overwrite: bool,
+    question_llm: LLM | None,
+    answer_llm: LLM | None,
+    embeddings: Embeddings | None,
+    consensus_step: type[Consensus],
+    show_progress: bool,
+    verbose: bool,
+) -> RunResult:
     output_dir = Path(recipe.output_dir)
     db_path = progress_path(output_dir)
     if question_llm is None and (plan := engine_plan_error(recipe, visible_gpus())):

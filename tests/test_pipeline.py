@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -196,3 +198,37 @@ def test_an_existing_run_is_not_overwritten_by_accident(tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError, match="no CRESCENT run"):
         run_recipe(recipe(tmp_path, bait={"num_calls": 1, "samples_per_call": 1}), question_llm=llm)
     assert (out / "keep.txt").read_text() == "precious"
+
+
+NOTEBOOK = """
+import sys
+
+sys.path.insert(0, {tests!r})
+import torch
+from fakes import FakeLLM
+
+from crescent_distilabel import load_recipe, pipeline
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    x = torch.ones(2_000_000).exp().sum() + (torch.randn(512, 512) @ torch.randn(512, 512)).sum()  # OpenMP runs here
+    recipe = load_recipe({{"output_dir": sys.argv[1], "bait": {{"num_calls": 2, "samples_per_call": 3}}}})
+    result = pipeline.run_recipe(
+        recipe, question_llm=FakeLLM(rules={{"creativity": {bait!r}}}), answer_llm=FakeLLM(rules={answers!r}),
+        show_progress=False,
+    )
+    print("kept", result.summary.kept, result.complete)
+"""
+
+
+def test_a_process_that_ran_torch_can_still_run_a_recipe(tmp_path: Path) -> None:
+    """A notebook that trained or evaluated first: distilabel forks its steps, and a step forked after this process
+    ran a GNU OpenMP parallel region hangs at its own first one (the embedder). The run goes on in a fresh process."""
+    script = tmp_path / "notebook.py"
+    script.write_text(NOTEBOOK.format(tests=str(Path(__file__).parent), bait=BAIT_REPLIES, answers=ANSWERS))
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "kept 2 True" in done.stdout
+    assert len(rows(tmp_path, "default")) == 2

@@ -56,7 +56,8 @@ def test_sigkill_at_every_stage_then_rerun_loses_and_repeats_nothing(
     finally:
         proxy.stop()
     got = dataset(out)
-    assert got == want  # no row lost, none duplicated, every value as in the uninterrupted run
+    # no row lost, none duplicated, every value as in the uninterrupted run
+    assert not (diff := differences(got, want)), "\n".join(diff)
     allowance = math.ceil(0.01 * reference_requests) + sum(in_flight_at_kills) + len(KILL_POINTS)
     assert proxy.repeated <= allowance, (proxy.repeated, allowance, in_flight_at_kills)
     assert proxy.requests - proxy.repeated == reference_requests  # the same distinct requests, each once
