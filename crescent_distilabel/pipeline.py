@@ -17,7 +17,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -207,6 +207,11 @@ class RunSummary:
         return generated / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
     @property
+    def well_formed_rate(self) -> float | None:
+        """The share of bait samples that cleaned into a question (the rest: see ``dropped``)."""
+        return self.cleaned / self.raw_samples if self.raw_samples else None
+
+    @property
     def llm_calls(self) -> int:
         """LLM requests this run made, all stages."""
         return sum(stage.calls for stage in self.stages.values())
@@ -227,6 +232,7 @@ class RunSummary:
             "stages": {name: stage.to_dict() for name, stage in self.stages.items()},
             "tokens": self.tokens,
             "tokens_per_s": round(self.tokens_per_s, 2),
+            "well_formed_rate": None if self.well_formed_rate is None else round(self.well_formed_rate, 4),
             "llm_calls": self.llm_calls,
             "calls_per_kept_pair": None if per_kept is None else round(per_kept, 3),
             "gpu_hours": round(self.gpu_hours, 4),
@@ -457,11 +463,30 @@ def _in_fresh_process(recipe: Recipe, kwargs: dict[str, Any]) -> RunResult:
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_fork_children) as pool:
-        future = pool.submit(_run, recipe, **kwargs)
+        future = pool.submit(_run_elsewhere, recipe, **kwargs)
         try:
-            return future.result()
+            result, paths = future.result()
         except KeyboardInterrupt:
-            return future.result()
+            result, paths = future.result()
+    return replace(result, distiset=_load_distiset(result.output_dir, paths))
+
+
+def _run_elsewhere(recipe: Recipe, **kwargs: Any) -> tuple[RunResult, tuple[Any, Any]]:
+    """:func:`_run` in the fresh process. The Distiset stays behind (its in-memory tables may point at files a
+    later run replaces): the caller reads it from the run directory, and gets its two file paths."""
+    result = _run(recipe, **kwargs)
+    paths = (result.distiset.pipeline_path, result.distiset.log_filename_path)
+    return replace(result, distiset=None), paths
+
+
+def _load_distiset(output_dir: Path, paths: tuple[Any, Any]) -> Distiset:
+    from datasets import DatasetDict
+    from distilabel.distiset import Distiset
+
+    run = RunDir(output_dir)
+    distiset = Distiset({name: DatasetDict(train=run.load(name)) for name in ("default", "dropped")})
+    distiset.pipeline_path, distiset.log_filename_path = paths
+    return distiset
 
 
 def _fork_children() -> None:
