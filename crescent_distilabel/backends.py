@@ -126,6 +126,7 @@ class LocalServer:
         self.base_url = f"http://127.0.0.1:{port}/v1"
         self.ready_url = f"http://127.0.0.1:{port}{ready_path}"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None  # a server of another process, watched by PID
 
     def __enter__(self) -> LocalServer:
         import requests
@@ -158,15 +159,29 @@ class LocalServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    _inherited: ClassVar[list[LocalServer]] = []
+
     @classmethod
     def running(cls) -> list[LocalServer]:
-        """The servers started in this process and not stopped yet."""
-        return list(cls._running)
+        """The servers started in this process and not stopped yet, and those of the process that started this
+        one to run a recipe (see :meth:`inherit`)."""
+        return list(cls._running) + list(cls._inherited)
+
+    @classmethod
+    def inherit(cls, servers: list[LocalServer]) -> None:
+        """Watch servers another process started (pickled: they are watched by PID, and never stopped here)."""
+        cls._inherited = list(servers)
+
+    def __getstate__(self) -> dict[str, object]:
+        proc = self._proc
+        return {**self.__dict__, "_proc": None, "_pid": self._pid if proc is None else proc.pid}
 
     def exit_code(self) -> int | None:
         """The server's exit code once it has exited on its own (None while it runs, or after :meth:`stop`)."""
         proc = self._proc
-        return None if proc is None else proc.poll()
+        if proc is not None:
+            return proc.poll()
+        return None if self._pid is None else _foreign_exit_code(self._pid)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -189,6 +204,19 @@ class LocalServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _foreign_exit_code(pid: int) -> int | None:
+    """The exit code of another process's child (a zombie until its parent reaps it), or None while it runs;
+    -1 when it is gone and its code with it."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None if sys.platform != "linux" else -1
+    if fields[0] not in ("Z", "X"):
+        return None
+    status = int(fields[-1]) if len(fields) >= 50 else 0  # field 52: the wait status (Linux >= 3.5)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
 _LLAMACPP_SERVER_NO_PREFIX_REUSE = """

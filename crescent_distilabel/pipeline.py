@@ -25,7 +25,7 @@ from distilabel.models.llms.base import AsyncLLM
 from distilabel.pipeline import Pipeline
 
 from crescent_distilabel import ray_cluster
-from crescent_distilabel.backends import BackendError, build_llm
+from crescent_distilabel.backends import BackendError, LocalServer, build_llm
 from crescent_distilabel.cleaning import DROP_REASONS
 from crescent_distilabel.embeddings import SentenceEmbeddings
 from crescent_distilabel.recipe import Recipe, changed_settings, dump_recipe
@@ -462,7 +462,9 @@ def _in_fresh_process(recipe: Recipe, kwargs: dict[str, Any]) -> RunResult:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_fork_children) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    servers = LocalServer.running()  # started here (a test's, a notebook's): the run there watches them too
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=_fresh_main, initargs=(servers,)) as pool:
         future = pool.submit(_run_elsewhere, recipe, **kwargs)
         try:
             result, paths = future.result()
@@ -489,10 +491,15 @@ def _load_distiset(output_dir: Path, paths: tuple[Any, Any]) -> Distiset:
     return distiset
 
 
-def _fork_children() -> None:
+def _fresh_main(servers: list[LocalServer]) -> None:
+    """Make the fresh process a main process to distilabel: it forks the step processes (a spawned process
+    would spawn them), and it writes ``pipeline.log`` (distilabel does that only in a process named so). The
+    caller's servers are watched from here."""
     import multiprocessing
 
-    multiprocessing.set_start_method("fork", force=True)  # a spawned process would spawn distilabel's workers
+    multiprocessing.set_start_method("fork", force=True)
+    multiprocessing.current_process().name = "MainProcess"
+    LocalServer.inherit(servers)
 
 
 def _run(

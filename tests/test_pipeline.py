@@ -232,3 +232,28 @@ def test_a_process_that_ran_torch_can_still_run_a_recipe(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-3000:]
     assert "kept 2 True" in done.stdout
     assert len(rows(tmp_path, "default")) == 2
+
+
+def test_a_server_of_another_process_is_watched_by_pid(tmp_path: Path) -> None:
+    """A run in a fresh process watches the servers its caller started: pickled, they are read from /proc."""
+    import pickle
+    import signal
+    import time
+
+    from crescent_distilabel.backends import LocalServer
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    server = LocalServer("fake", ["true"], 1, tmp_path / "log", ready_path="/", startup_timeout=1)
+    server._proc = proc  # as __enter__ leaves it
+    watched = pickle.loads(pickle.dumps(server))
+    try:
+        assert watched.exit_code() is None and watched.base_url == server.base_url
+        proc.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while watched.exit_code() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert watched.exit_code() == -signal.SIGKILL  # a zombie until its parent reaps it
+    finally:
+        proc.kill()
+        proc.wait()
+    assert watched.exit_code() == -1  # reaped: gone, and its code with it
