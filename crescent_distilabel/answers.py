@@ -9,21 +9,46 @@ read goes to ``math-verify``, which is accurate but about a hundred times slower
 from __future__ import annotations
 
 import re
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from functools import lru_cache
+from typing import Any
 
 AnswerKey = Fraction | str
-"""An exact, hashable answer: a number as a Fraction, or a canonical string for symbolic answers."""
+"""An exact, hashable answer: a number as a Fraction, or a canonical string (symbolic LaTeX, a letter, a word)."""
+
+EXTRACTION_VERSION = 2
+"""Bumped whenever :func:`extract_answer` or :func:`normalize_answer` reads some text differently. It is part
+of a run's fingerprint: votes made by another version would differ, so a run is never continued with two."""
+
+MATH_VERIFY_SECONDS = 2.0
+"""Time limit for one LaTeX answer in math-verify and sympy (both can run away on odd input)."""
 
 _NUMBER = r"[-−+]?\s*[$€£¥]?\s*(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?|[-−+]?\.\d+"
 _NUMBER_RE = re.compile(_NUMBER)
-_MARKERS = (
-    re.compile(r"####\s*(?:final\s+)?answer\s*[:：]?\s*(.+)", re.IGNORECASE),
-    re.compile(r"####\s*(.+)"),
-    re.compile(r"(?:the\s+)?final\s+answer\s+is\s*[:：]?\s*(.+)", re.IGNORECASE),
-    re.compile(r"final\s+answer\s*[:：]\s*(.+)", re.IGNORECASE),
-    re.compile(r"the\s+answer\s+is\s*[:：]?\s*(.+)", re.IGNORECASE),
+# GSM8K's marker, with or without a label; the answer is what follows the last one.
+_HASHES = re.compile(r"####[ \t]*(?:the[ \t]+)?(?:final[ \t]+)?(?:answer\b[ \t]*(?:is\b)?[ \t]*[:：]?)?", re.I)
+# A markdown heading that starts with #### is not an answer: "#### Step 2: ...", "#### 1. Compute the total".
+_HEADING = re.compile(
+    r"^(?:step|part|phase|stage|section|case|method|approach|solution|explanation|calculations?|conclusion|"
+    r"verification|summary|problem|given|analysis|understanding|setting\b|breaking\b|final step)\b"
+    r"|^\d+[.)]\s*[A-Za-z]|^[^\d]*:$",
+    re.IGNORECASE,
 )
+# "Answer: 12", "**Answer:** 12", "Final answer: 12" at the start of a line.
+_LABEL = re.compile(r"(?:^|\n)[ \t>*_#-]*(?:the[ \t]+)?(?:final[ \t]+)?answer[ \t*_]*[:：]", re.IGNORECASE)
+_PHRASES = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?|final\s+answer\s*[:：]", re.IGNORECASE)
+# The answer instruction echoed back ('... a single number after "#### Answer:".') names the marker, not an answer.
+_QUOTED_MARKER = re.compile(r"[\"'“‘`]\s*####\s*(?:answer\s*[:：]?)?\s*[\"'”’`]", re.IGNORECASE)
+# A math span that ends the text: "... so each gets \( \frac{3}{4} \)." or "... $12$".
+_TRAILING_MATH = re.compile(
+    r"(?:\\\((?P<a>.+?)\\\)|\\\[(?P<b>.+?)\\\]|\$\$(?P<c>.+?)\$\$|\$(?P<d>[^$\n]+?)\$)[\s.!)\]]*$", re.DOTALL
+)
+# An option letter: "B", "(b)", "B.", "Option B", or "(B) text" / "B) text" with the option's text after it.
+_CHOICE = re.compile(r"^(?:(?:option|choice)\s+)?(?:\(?([A-Ea-e])\)?[.):]?$|\(([A-Ea-e])\)\s|([A-E])[.)]\s)", re.I)
 _FRAC = re.compile(r"^\\[dt]?frac\s*\{([^{}]+)\}\s*\{([^{}]+)\}$")
 _MIXED = re.compile(r"^(\d+)\s+(\d+)\s*/\s*(\d+)$")
 
@@ -47,37 +72,69 @@ def _boxed(text: str) -> str | None:
     return None
 
 
-def _first_line(value: str) -> str:
-    """The answer's own text: up to the end of its line or sentence (a decimal point has no space after)."""
-    line = value.strip().split("\n", 1)[0]
-    return re.split(r"\.\s", line, maxsplit=1)[0].strip()
+def _value_after(text: str, end: int) -> str:
+    """The answer written after a marker ending at ``end``: the rest of its line (or the next line when the
+    marker ends its line, as a "#### Final Answer" heading does), up to the end of the sentence."""
+    rest = text[end:]
+    line, _, after = rest.partition("\n")
+    if not line.strip():
+        line = next((ln for ln in after.split("\n") if ln.strip()), "")
+    value = re.split(r"(?<![\d$])\.\s|\.\s+(?=[A-Z])", line.strip(), maxsplit=1)[0].strip()
+    return value.strip(" *_`").rstrip(".").strip()
 
 
-def _marked(text: str, markers: tuple[re.Pattern[str], ...], *, need_number: bool) -> str | None:
-    """The answer after the last occurrence of the first marker found (a ``\\boxed{}`` in it wins)."""
-    for marker in markers:
-        found = marker.findall(text)
-        if found:
-            value = _first_line(found[-1])
-            boxed = _boxed(value)
-            if boxed:
-                return boxed
-            if value and (not need_number or _NUMBER_RE.search(value)):
-                return value
+def _result(value: str) -> str:
+    """What a marked answer amounts to: a ``\\boxed{}`` in it, else the right of its last "=" ("3 * 4 = 12",
+    "2 h = 120 min"), else the value."""
+    boxed = _boxed(value)
+    if boxed:
+        return boxed
+    for sign in ("=", "≈"):
+        if sign in value:
+            right = value.rsplit(sign, 1)[1].strip()
+            if right:
+                value = right
+    return value
+
+
+def _last_marked(text: str, marker: re.Pattern[str], *, need: str) -> str | None:
+    """The answer after the last occurrence of ``marker`` that gives one. ``need``: "any" text, a "number" (or
+    an option letter), or "not_heading" (any text that is not a markdown heading)."""
+    for found in reversed(list(marker.finditer(text))):
+        value = _value_after(text, found.end())
+        if not value:
+            continue
+        if need == "not_heading" and not found.group(0).lower().rstrip(" \t:：").endswith(("answer", "is")):
+            if _HEADING.search(value):
+                continue
+        result = _result(value)
+        if need == "number" and not (_NUMBER_RE.search(result) or _choice(result) or "\\" in result):
+            continue
+        if result:
+            return result
     return None
 
 
 def extract_answer(text: str | None) -> str | None:
-    """The final answer as written: the marked answer if any, else the last number in the text.
+    """The final answer as written.
 
-    Markers, in order: ``#### Answer:``, ``####``, ``\\boxed{}``, "final answer is", "the answer is".
+    In order: the last ``####`` marker that is not a heading (``#### Answer: 12``, ``#### 12``); the last
+    ``\\boxed{}``; the last ``Answer:`` label at the start of a line; the last "the answer is" / "final answer:"
+    with a number or an option letter after it; a math span that ends the text; the last number. After a marker,
+    arithmetic counts by its result (the right of the last "="). Mentions of the marker itself, as in an echoed
+    instruction, are ignored.
     """
     if not text:
         return None
-    answer = _marked(text, _MARKERS[:2], need_number=False) or _boxed(text)
-    answer = answer or _marked(text, _MARKERS[2:], need_number=True)
+    text = _QUOTED_MARKER.sub(" ", text.replace("\r\n", "\n").replace("**", ""))
+    answer = _last_marked(text, _HASHES, need="not_heading") or _boxed(text)
+    answer = answer or _last_marked(text, _LABEL, need="any") or _last_marked(text, _PHRASES, need="number")
     if answer:
         return answer
+    math = _TRAILING_MATH.search(text.rstrip())
+    if math:
+        span = next(group for group in math.groups() if group is not None)
+        return _result(span.strip())
     numbers = _NUMBER_RE.findall(text)
     return numbers[-1].strip() if numbers else None
 
@@ -118,11 +175,30 @@ def normalize_answer(answer: str | None) -> AnswerKey | None:
         whole, num, den = (int(g) for g in mixed.groups())
         return whole + Fraction(num, den)
     if "\\" in value or "^" in value or "{" in value:
+        if len(value) > 300 and threading.current_thread() is not threading.main_thread():
+            return None  # no time limit here (see time_limit)
         return _latex_key(value)
     match = _NUMBER_RE.search(value)
     if match is None:
-        return None
+        return _text_key(value)
     return _to_fraction(match.group(0))
+
+
+def _choice(value: str) -> str | None:
+    found = _CHOICE.match(value.strip())
+    return next((g for g in found.groups() if g), "").upper() or None if found else None
+
+
+def _text_key(value: str) -> str | None:
+    """A key for an answer without a number: an option letter ("(B)", "Option b" -> "B"), or a short text in
+    lower case without punctuation or a leading article ("The Nile." -> "nile"); longer text is no answer."""
+    choice = _choice(value)
+    if choice:
+        return choice
+    words = re.sub(r"[^\w\s]", " ", value.lower()).split()
+    while words and words[0] in ("a", "an", "the"):
+        words.pop(0)
+    return " ".join(words) if 0 < len(words) <= 3 else None
 
 
 def _latex_key(value: str) -> AnswerKey | None:
@@ -133,8 +209,9 @@ def _latex_key(value: str) -> AnswerKey | None:
     except ImportError:  # math-verify is optional: the answer stays a string
         return value
     try:
-        parsed = parse(f"${value}$", extraction_config=[LatexExtractionConfig()], parsing_timeout=None)
-    except Exception:
+        with time_limit(MATH_VERIFY_SECONDS):  # math-verify's own limit needs the main thread: ours says so
+            parsed = parse(f"${value}$", extraction_config=[LatexExtractionConfig()], parsing_timeout=None)
+    except Exception:  # a time-out included
         return None
     if not parsed:
         return None
@@ -142,14 +219,36 @@ def _latex_key(value: str) -> AnswerKey | None:
     try:
         import sympy
 
-        expr = sympy.simplify(expr)
+        with time_limit(MATH_VERIFY_SECONDS):
+            expr = sympy.simplify(expr)
         if getattr(expr, "is_Rational", False):
             return Fraction(int(expr.p), int(expr.q))
         if getattr(expr, "is_Float", False):
             return Fraction(str(expr)).limit_denominator(10**9)
-    except Exception:  # sympy raises many types; keep the unsimplified form
+    except Exception:  # sympy raises many types, or ran out of time; keep the unsimplified form
         pass
     return str(expr)
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`TimeoutError` in the block after ``seconds`` (a SIGALRM timer, so only in a process's main
+    thread, where distilabel runs a step's ``process``; elsewhere LaTeX longer than 300 characters is refused
+    instead, in :func:`normalize_answer`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def format_key(key: AnswerKey | None) -> str | None:

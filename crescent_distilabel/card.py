@@ -127,7 +127,7 @@ Bait prompt (verbatim):
 | stage | count |
 |---|---|
 | raw samples | {summary["raw_samples"]} |
-| cleaned questions | {summary["cleaned"]} |
+| cleaned questions | {summary["cleaned"]}{_rate(summary)} |
 | accepted after diversification | {summary["accepted"]} |
 | kept after consensus | {summary["kept"]} |
 | rewrites | {summary["rewrites"]} |
@@ -236,3 +236,8 @@ def _decontamination_section(decontamination: dict[str, Any] | None) -> str:
 |---|---:|---:|
 {rows}
 {examples and chr(10) + "First matches:" + chr(10) + chr(10) + examples + chr(10)}"""
+
+
+def _rate(summary: dict[str, Any]) -> str:
+    rate = summary.get("well_formed_rate")  # absent in runs made before it was recorded
+    return f" ({rate:.0%} of raw samples well-formed)" if rate is not None else ""

@@ -12,8 +12,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-DROP_REASONS = ("empty", "refusal", "too_short", "too_long", "no_digits", "repetitive")
+DROP_REASONS = ("empty", "refusal", "too_short", "too_long", "no_digits", "no_question", "repetitive")
 """Every reason :func:`clean_question` can give for dropping a sample."""
+
+CLEANING_VERSION = 2
+"""Bumped whenever :func:`clean_question` keeps or drops some text differently (part of a run's fingerprint)."""
 
 _CHATTY_START = (
     r"(?:sure|certainly|of course|absolutely|okay|ok|alright|great|here(?:'|’)?s|here is|here are|"
@@ -41,12 +44,27 @@ _EPILOGUE = re.compile(
     r"(?:^|\n|(?<=[.?!])\s+)\W{0,4}(?:"
     r"(?:step-by-step\s+)?(?:solution|answer|final answer|hint|explanation|step 1|answer choices)\b\s*\W{0,4}[:\-]"
     r"|####"
-    r"|(?:to solve (?:this|the)|let(?:'|’)s (?:solve|break|start|think)|we (?:can|need to) (?:solve|find the))\b"
     r"|(?:i hope|let me know|feel free|good luck|enjoy|have fun)\b"
     r"|this problem (?:requires|tests|involves|combines|is a)\b"
     r")",
     re.IGNORECASE,
 )
+# The start of a solution, but also words a problem may use ("... We need to find the total."): these end the
+# problem only once it has asked something.
+_SOLVING = re.compile(
+    r"(?:^|\n|(?<=[.?!])\s+)\W{0,4}"
+    r"(?:to solve (?:this|the)|let(?:'|’)s (?:solve|break|start|think)|we (?:can|need to) (?:solve|find the))\b",
+    re.IGNORECASE,
+)
+# A question asks ("?") or instructs. Anything else ("A math problem that requires creative thinking.") is not one.
+_ASKS = re.compile(
+    r"\?|\b(?:find|calculate|compute|determine|solve|evaluate|simplify|express|estimate|convert|prove|show|"
+    r"work out|figure out|how|what|which|who|whom|where|when|why|explain|identify|name|list|give|write|choose|"
+    r"select|state|describe|compare|predict|round|graph|sketch|factor|expand|rewrite|order|rank|classify)\b",
+    re.IGNORECASE,
+)
+# Leading markdown headings and titles: "# The Garden Problem", "Title: Apple Harvest", "The Lemonade Stand".
+_HEADING_LINE = re.compile(r"^\s*(?:#{1,6}\s+.*|title\s*[:\-].*)$", re.IGNORECASE)
 _REFUSAL = re.compile(r"^\W*(?:i(?:'|’)m sorry|i am sorry|i cannot|i can(?:'|’)t|as an ai)\b", re.IGNORECASE)
 _WORD = re.compile(r"\w+")
 
@@ -63,7 +81,7 @@ def strip_chat(text: str) -> str:
     """Remove chat preambles, ``Problem:`` labels, solutions and sign-offs, keeping the problem verbatim."""
     text = text.replace("\r\n", "\n").replace("**", "").strip()
     lines = text.split("\n")
-    while lines and (not lines[0].strip() or _PREAMBLE_LINE.match(lines[0].strip())):
+    while lines and (not lines[0].strip() or _PREAMBLE_LINE.match(lines[0].strip()) or _is_title(lines)):
         lines.pop(0)
     text = "\n".join(lines).strip()
     text = _INTERJECTION.sub("", text)
@@ -74,6 +92,10 @@ def strip_chat(text: str) -> str:
     end = _EPILOGUE.search(text)
     if end is not None and end.start() > 0:
         text = text[: end.start()]
+    for solving in _SOLVING.finditer(text):
+        if solving.start() > 0 and asks(text[: solving.start()]):
+            text = text[: solving.start()]
+            break
     text = re.sub(r"[ \t]+", " ", text)
     text = re.sub(r"\n{3,}", "\n\n", text).strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
@@ -81,6 +103,22 @@ def strip_chat(text: str) -> str:
     elif text.startswith("“") and text.endswith("”"):
         text = text[1:-1].strip()
     return text
+
+
+def asks(text: str) -> bool:
+    """Whether a text asks something: a question mark, or a question word or instruction ("Find", "How many")."""
+    return _ASKS.search(text) is not None
+
+
+def _is_title(lines: list[str]) -> bool:
+    """The first line is a heading or a title before the problem: a markdown heading or "Title:", or a short
+    line with no digits, no end punctuation and nothing asked, with more text after it."""
+    first = lines[0].strip()
+    if _HEADING_LINE.match(first) and not _LABEL.match(first.lstrip("# ")):
+        return True
+    rest = "\n".join(lines[1:]).strip()
+    short = len(first.split()) <= 8 and not any(ch.isdigit() for ch in first)
+    return bool(rest) and short and not first.endswith((".", "?", "!", ":", ",")) and not asks(first)
 
 
 def is_repetitive(text: str, *, max_ngram_repeats: int = 4, min_unique_ratio: float = 0.25) -> bool:
@@ -122,6 +160,8 @@ def clean_question(
         return CleanedQuestion(None, "too_long")
     if require_digits and not any(ch.isdigit() for ch in question):
         return CleanedQuestion(None, "no_digits")
+    if not asks(question):
+        return CleanedQuestion(None, "no_question")
     if is_repetitive(question):
         return CleanedQuestion(None, "repetitive")
     return CleanedQuestion(question, None)

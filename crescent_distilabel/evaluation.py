@@ -28,6 +28,13 @@ TASKS: dict[str, tuple[str, int]] = {
 }
 DEFAULT_TASKS = ("gsm8k_0shot", "gsm8k_5shot", "svamp", "asdiv")
 FILTERS = ("strict-match", "flexible-extract")
+STRICT_GSM8K = r"#### (?:[Aa]nswer:\s*)?(\-?[0-9\.\,]+)"
+"""lm-eval's gsm8k strict-match (``#### N``), which also reads ``#### Answer: N``."""
+FILTERS_NOTE = (
+    "strict-match reads the answer after `#### ` or `#### Answer: ` (lm-eval's GSM8K format, and the format the "
+    "CRESCENT answer prompt asks for, which the trained chains end with); flexible-extract takes the last number "
+    "(MATH-500: the content of the last `\\boxed{}`)."
+)
 STOP = ["Question:", "</s>", "<|im_end|>", "<|eot_id|>"]
 
 
@@ -51,13 +58,15 @@ def task_config(name: str, max_gen_toks: int = 512) -> dict[str, Any]:
         config |= {"dataset_path": repo, "dataset_name": hub_config, "test_split": split}
     if shots:
         config |= {"fewshot_split": "train", "training_split": "train"}
-    number = r"-?[$0-9.,]{2,}|-?[0-9]+"
+    # strict-match: lm-eval's gsm8k pattern, also reading "#### Answer: N", the format our answer prompt asks for
+    # and so the format of the chains the model is trained on
+    flexible = r"(-?[$0-9.,]{2,}|-?[0-9]+)"
     if bench_name == "gsm8k":  # lm-eval's own gsm8k: the target is the whole solution, scored after "#### "
-        target, strict = "{{answer}}", r"#### (\-?[0-9\.\,]+)"
+        target, strict = "{{answer}}", STRICT_GSM8K
     else:
-        target, strict = bench.answer, r"#### (\-?[0-9\.\,/]+)"
-    if bench_name == "math500":
-        number = r"\\boxed\{(.*)\}"
+        target, strict = bench.answer, STRICT_GSM8K.replace(r"\,]", r"\,/]")
+    if bench_name == "math500":  # the content of the last \boxed{}, braces nested up to two deep
+        flexible = r"\\boxed\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}"
     config |= {
         "doc_to_text": f"Question: {bench.question}\nAnswer:",
         "doc_to_target": target,
@@ -83,7 +92,7 @@ def task_config(name: str, max_gen_toks: int = 512) -> dict[str, Any]:
             {
                 "name": "flexible-extract",
                 "filter": [
-                    {"function": "regex", "group_select": -1, "regex_pattern": f"({number})"},
+                    {"function": "regex", "group_select": -1, "regex_pattern": flexible},
                     {"function": "take_first"},
                 ],
             },
@@ -91,6 +100,27 @@ def task_config(name: str, max_gen_toks: int = 512) -> dict[str, Any]:
         "metadata": {"version": 1.0},
     }
     return config
+
+
+def score_outputs(name: str, outputs: list[str], targets: list[str]) -> dict[str, list[bool]]:
+    """Each output scored as lm-eval scores it in the task: its own filter classes and exact-match metric, with
+    the task's settings. For checking the scorers on outputs whose right score is known, and for measuring how
+    often a model writes the format strict-match reads."""
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters import get_filter
+
+    config = task_config(name)
+    settings = ("regexes_to_ignore", "ignore_case", "ignore_punctuation")
+    metric = {k: v for k, v in config["metric_list"][0].items() if k in settings}
+    scores = {}
+    for spec in config["filter_list"]:
+        resps: Any = [[output] for output in outputs]
+        for step in spec["filter"]:
+            kwargs = {k: v for k, v in step.items() if k != "function"}
+            resps = list(get_filter(step["function"])(**kwargs).apply(resps, [{}] * len(outputs)))
+        matches = [exact_match_hf_evaluate([a], [b], **metric)["exact_match"] for a, b in zip(resps, targets)]
+        scores[spec["name"]] = [bool(match == 1.0) for match in matches]
+    return scores
 
 
 @dataclass
@@ -160,7 +190,7 @@ def compare(before: EvalReport, after: EvalReport) -> str:
                 continue
             delta = 100 * (a.value - b.value)
             lines.append(f"| {task} | {name} | {_pct(b.value)} | {_pct(a.value)} | {delta:+.1f} pts |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + FILTERS_NOTE
 
 
 def lm_eval_model(model: str, base_url: str | None, batch_size: int, api_key_env: str) -> tuple[str, dict[str, Any]]:

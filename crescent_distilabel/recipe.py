@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from crescent_distilabel.answers import EXTRACTION_VERSION
+from crescent_distilabel.cleaning import CLEANING_VERSION
 from crescent_distilabel.embeddings import DEFAULT_EMBEDDING_MODEL
 from crescent_distilabel.prompts import ANSWER_TEMPLATE, BAIT_PROMPT, REWRITE_TEMPLATE, check_template
 from crescent_distilabel.similarity import HISTORY_THRESHOLD, WITHIN_BATCH_THRESHOLD
@@ -247,12 +249,20 @@ class Recipe(_Section):
         """Every setting that changes results, flattened (``consensus.k``: 3, ...); not where results are
         written, how a server is reached, nor batch sizes that do not change results."""
         flat = _flatten(self.model_dump(mode="json"))
-        return {key: value for key, value in flat.items() if not _operational(key)}
+        settings = {key: value for key, value in flat.items() if not _operational(key)}
+        return {**settings, **CODE_VERSIONS}
 
     def fingerprint(self) -> str:
         """A hash of :meth:`result_settings`: equal fingerprints mean a run can be resumed with this recipe."""
         return hashlib.sha256(json.dumps(self.result_settings(), sort_keys=True).encode()).hexdigest()[:16]
 
+
+CODE_VERSIONS = {"answer_extraction": EXTRACTION_VERSION, "question_cleaning": CLEANING_VERSION}
+"""Versions of the code that reads the model's text: a run continues only with the ones it was made with."""
+CODE_VERSIONS_CHANGED = {
+    "answer_extraction": "this version reads answers differently: the votes would change",
+    "question_cleaning": "this version cleans questions differently: other questions would be kept",
+}
 
 # answers are seeded per question and bait calls per index: neither depends on batching or concurrency
 _OPERATIONAL = {"name", "output_dir", "consensus.batch_size", "bait.calls_in_flight"}
@@ -291,11 +301,13 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences between two :meth:`Recipe.result_settings`."""
-    return [
-        f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}"
-        for key in sorted(set(old) | set(new))
-        if old.get(key) != new.get(key)
-    ]
+    old = {**dict.fromkeys(CODE_VERSIONS, 1), **old}  # runs made before these were recorded used version 1
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            line = f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}"
+            changes.append(line + (f" ({CODE_VERSIONS_CHANGED[key]})" if key in CODE_VERSIONS_CHANGED else ""))
+    return changes
 
 
 def _format_errors(err: ValidationError) -> str:

@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from crescent_distilabel.answers import extract_answer, format_key, normalize_answer
+from crescent_distilabel.answers import extract_answer, format_key, normalize_answer, time_limit
 
 
 @pytest.mark.parametrize(
@@ -47,13 +47,86 @@ def test_extract_answer(text: str | None, expected: str | None) -> None:
         ("5 apples.", Fraction(5)),
         ("\\text{12}", Fraction(12)),
         ("€3.50", Fraction(7, 2)),
-        ("nothing", None),
+        ("nothing", "nothing"),  # a word is an answer (a canonical string), not "no answer"
+        ("The Nile.", "nile"),
+        ("(B)", "B"),
+        ("Option b", "B"),
+        ("I cannot work this out from the question", None),  # long text is no answer
         (None, None),
         ("7/0", None),
     ],
 )
 def test_normalize_answer(answer: str | None, key: Fraction | None) -> None:
     assert normalize_answer(answer) == key
+
+
+# Classes of model output that the first extractor misread; each with several realistic outputs.
+EXTRACTION_CLASSES = {
+    "several markers on one line: the last counts": [
+        ("So the answer is 5. Wait, no: the answer is 6. Actually the answer is 7.", "7"),
+        ("The answer is 5, or rather the answer is 8", "8"),
+        ("The final answer is 10... no, the final answer is 12 dollars", "12 dollars"),
+    ],
+    "a plain Answer label": [
+        ("He pays 3 * 4 = 12 dollars.\nAnswer: 12", "12"),
+        ("Total 5+7.\n**Answer:** 12 apples", "12 apples"),
+        ("Step 1: 60 * 3 = 180\nFinal answer: 180 km\nI hope this helps.", "180 km"),
+        ("- Answer: $4.50", "$4.50"),
+    ],
+    "LaTeX without a marker at the end": [
+        ("So each person gets \\( \\frac{3}{4} \\).", "\\frac{3}{4}"),
+        ("Thus the total is $15$", "15"),
+        ("Putting it together:\n\\[ x = \\frac{7}{2} \\]", "\\frac{7}{2}"),
+    ],
+    "arithmetic after the marker: the result counts": [
+        ("#### Answer: 3 * 4 = 12", "12"),
+        ("#### 2 hours = 120 minutes", "120 minutes"),
+        ("The answer is 1/2 + 1/4 = 3/4 of the pizza", "3/4 of the pizza"),
+    ],
+    "markdown headings are not markers": [
+        ("#### Step 1: Find the cost\n3*2=6.\n#### Step 2: Add tax\n6+1=7\nSo she pays 7 dollars.", "7"),
+        ("#### 1. Compute the total\n5+5=10\n#### Final Answer\n10", "10"),
+        ("#### Solution\nThe ball costs 0.05 dollars.\n#### Answer: 0.05", "0.05"),
+        ("#### Calculating the area:\n8 * 5 = 40 square cm", "40"),
+    ],
+    "the answer instruction echoed": [
+        ('Think step by step. Give the final answer as a single number after "#### Answer:".\n3+4=7. So 7.', "7"),
+        ('3+4=7\n#### Answer: 7\nRemember: the final answer goes after "#### Answer:".', "7"),
+        ("I will put the answer after '####'. 2*9 = 18\n#### 18", "18"),
+    ],
+    "answers that are not numbers": [
+        ("The answer is (B).", "(B)"),
+        ("#### Answer: B", "B"),
+        ("Paris is the capital.\n#### Answer: Paris", "Paris"),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [pytest.param(text, want, id=f"{cls}-{i}") for cls, cases in EXTRACTION_CLASSES.items() for i, (text, want) in
+     enumerate(cases)],
+)  # fmt: skip
+def test_extraction_classes(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_keys_for_answers_that_are_not_numbers_vote_together() -> None:
+    keys = [normalize_answer(extract_answer(t)) for t in ("#### Answer: B", "The answer is (B).", "Answer: option b")]
+    assert keys == ["B", "B", "B"]
+    assert normalize_answer(extract_answer("#### Answer: The Nile")) == normalize_answer("nile.") == "nile"
+
+
+def test_math_verify_has_a_time_limit_in_the_main_thread() -> None:
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError), time_limit(0.2):
+        time.sleep(5)
+    assert time.monotonic() - started < 4  # stopped by the limit, not by the sleep's end
+    with time_limit(0.2):  # a block that ends in time is untouched, and the timer is cleared after it
+        pass
+    time.sleep(0.3)
 
 
 def test_latex_goes_through_math_verify() -> None:

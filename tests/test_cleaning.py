@@ -2,7 +2,7 @@
 
 import pytest
 
-from crescent_distilabel.cleaning import DROP_REASONS, clean_question, is_repetitive, strip_chat
+from crescent_distilabel.cleaning import DROP_REASONS, asks, clean_question, is_repetitive, strip_chat
 
 
 @pytest.mark.parametrize(
@@ -92,3 +92,71 @@ def test_repetition_detector_spares_normal_problems() -> None:
     )
     assert not is_repetitive(normal)
     assert is_repetitive("one two three " * 10)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            "# The Garden Problem\n\nA gardener plants 12 rows of 8 tulips. How many tulips are there?",
+            "A gardener plants 12 rows of 8 tulips. How many tulips are there?",
+        ),
+        (
+            "Title: Apple Harvest\nTom picks 30 apples a day for 5 days. How many apples does he pick?",
+            "Tom picks 30 apples a day for 5 days. How many apples does he pick?",
+        ),
+        (
+            "**The Lemonade Stand**\n\nSarah sells lemonade for $2 a cup and sells 45 cups. What does she earn?",
+            "Sarah sells lemonade for $2 a cup and sells 45 cups. What does she earn?",
+        ),
+        (
+            "### Problem: A car travels 60 km in 1.5 hours. What is its speed?",
+            "A car travels 60 km in 1.5 hours. What is its speed?",
+        ),
+    ],
+)
+def test_headings_and_titles_before_the_problem_go(raw: str, expected: str) -> None:
+    assert clean_question(raw).question == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (  # "We need to find the ..." inside the problem is part of it
+            "A tank holds 40 liters and leaks 2 liters an hour. We need to find the time until it holds 10 liters. "
+            "How many hours is that?",
+            "A tank holds 40 liters and leaks 2 liters an hour. We need to find the time until it holds 10 liters. "
+            "How many hours is that?",
+        ),
+        (
+            "Sarah has 3 cats. To solve the puzzle, note each cat eats 2 cans a day. Find the cans eaten in a week.",
+            "Sarah has 3 cats. To solve the puzzle, note each cat eats 2 cans a day. Find the cans eaten in a week.",
+        ),
+        (  # after the question, the same words start the solution
+            "Tom has 5 apples and buys 7 more. How many apples does he have? We need to find the total: 5+7=12.",
+            "Tom has 5 apples and buys 7 more. How many apples does he have?",
+        ),
+    ],
+)
+def test_solution_phrases_cut_only_after_the_problem_asks(raw: str, expected: str) -> None:
+    assert clean_question(raw).question == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "A math problem that requires creative and imaginative thinking. It has 3 parts and 2 answers.",
+        "Problem: In a town of 5,000 people, 60% own a bicycle and 25% own a car.",
+        "Here is a problem about 4 friends sharing 3 pizzas equally at a party.",
+    ],
+)
+def test_a_text_that_asks_nothing_is_no_question(raw: str) -> None:
+    assert clean_question(raw).drop_reason == "no_question"
+    assert "no_question" in DROP_REASONS
+
+
+def test_questions_and_instructions_ask() -> None:
+    assert (
+        asks("Find the area of a 3 by 4 rectangle.") and asks("Is 7 prime?") and asks("How many legs do 3 cats have")
+    )
+    assert not asks("A farmer has 12 cows and 7 pigs.")

@@ -81,3 +81,37 @@ def test_a_model_that_does_not_exist_is_named(tmp_path):
     done = crescent("evaluate", str(tmp_path / "nowhere"), "--tasks", "gsm8k_0shot", "--limit", "1")
     assert done.returncode == 1
     assert "is neither an existing directory nor a Hub id" in done.stderr and "Traceback" not in done.stderr
+
+
+GOLD = "Natalia sold 48/2 = 24 clips in May.\nAltogether she sold 48+24 = 72 clips.\n#### 72"
+GSM8K_OUTPUTS = [  # (a model-like output, strict-match right?, flexible-extract right?)
+    ("48 + 24 = 72\n#### Answer: 72", True, True),  # the format our answer prompt asks for
+    ("She sold 72 clips.\n#### 72", True, True),  # lm-eval's own format
+    ("#### Answer: 1,072", False, False),
+    ("So she sold 72 clips in all.", False, True),  # no marker: only the last number
+    ("The answer is 72.\n#### Answer: 70", False, False),  # the marker's answer counts
+    ("In May: 24. Total: 72. Check: 72 - 24 = 48", False, False),  # flexible reads the last number
+    ("\\boxed{72}", False, True),
+]
+
+
+def test_gsm8k_scorers_give_the_known_scores_for_model_like_outputs():
+    from crescent_distilabel.evaluation import score_outputs
+
+    scores = score_outputs("gsm8k_0shot", [o for o, _, _ in GSM8K_OUTPUTS], [GOLD] * len(GSM8K_OUTPUTS))
+    assert scores["strict-match"] == [strict for _, strict, _ in GSM8K_OUTPUTS]
+    assert scores["flexible-extract"] == [flexible for _, _, flexible in GSM8K_OUTPUTS]
+
+
+def test_math500_flexible_extract_reads_the_boxed_content():
+    from crescent_distilabel.evaluation import score_outputs
+
+    outputs = [
+        "So the probability is \\boxed{\\frac{3}{4}}.",
+        "First \\boxed{\\frac{1}{2}}, corrected: \\boxed{\\frac{3}{4}}",  # the last box counts
+        "The answer is 3/4.",  # no box
+        "\\boxed{\\dfrac{3}{4}}",  # another form of the same value: exact match does not see it
+    ]
+    scores = score_outputs("math500", outputs, ["\\frac{3}{4}"] * 4)
+    assert scores["flexible-extract"] == [True, True, False, False]
+    assert scores["strict-match"] == [False] * 4

@@ -146,3 +146,16 @@ def test_in_process_vllm_engines_that_need_more_gpus_than_visible_are_refused_be
     with pytest.raises(BackendError, match="vllm_serve"):
         pipeline.run_recipe(offline.model_copy(update={"output_dir": str(out)}))
     assert not out.exists()
+
+
+def test_a_run_made_by_another_answer_extractor_is_not_continued() -> None:
+    from crescent_distilabel.answers import EXTRACTION_VERSION
+    from crescent_distilabel.recipe import changed_settings
+
+    new = load_recipe({}).result_settings()
+    assert new["answer_extraction"] == EXTRACTION_VERSION >= 2
+    old = {k: v for k, v in new.items() if k not in ("answer_extraction", "question_cleaning")}  # an older run
+    changes = changed_settings(old, new)
+    assert f"answer_extraction: 1 -> {EXTRACTION_VERSION} (" in changes[0] and "votes would change" in changes[0]
+    assert changes[1].startswith("question_cleaning: 1 -> ") and len(changes) == 2
+    assert changed_settings(new, new) == []

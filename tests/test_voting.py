@@ -68,4 +68,4 @@ def test_equal_values_written_differently_vote_together() -> None:
     chains = ["... so #### Answer: 1,200", "Total: $1200.00\n#### 1200", "I think 1200.0 dollars. The answer is 1200."]
     vote, extracted = vote_on_chains(chains)
     assert vote.kept and vote.answer == "1200" and vote.agreement == 1.0
-    assert extracted == ["1,200", "1200", "1200."]
+    assert extracted == ["1,200", "1200", "1200"]
