@@ -69,3 +69,32 @@ def test_equal_values_written_differently_vote_together() -> None:
     vote, extracted = vote_on_chains(chains)
     assert vote.kept and vote.answer == "1200" and vote.agreement == 1.0
     assert extracted == ["1,200", "1200", "1200"]
+
+
+def test_the_consensus_benchmark_scores_votes_against_gold() -> None:
+    """benchmarks/bench_consensus.py's figures on a scripted case whose right numbers are known."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_consensus import report, wilson
+
+    low, high = wilson(0, 10)
+    assert low == 0.0 and abs(high - 3.8416 / 13.8416) < 1e-4  # z^2 / (n + z^2)
+    assert wilson(10, 10)[1] == 1.0 and abs(wilson(5, 10)[0] - (1 - wilson(5, 10)[1])) < 1e-9
+
+    rows = [{"question": q, "answer": f"... #### {a}"} for q, a in (("q1", 7), ("q2", 5), ("q3", 2))]
+    chains = [
+        ["#### 7", "so 7", "The answer is 7."],  # 3/3, right
+        ["#### 7", "#### 7", "#### 5"],  # 2/3, the majority is wrong
+        ["#### 1", "#### 2", None],  # 1/3 each: the first sampled wins, wrong
+    ]
+    out = report(rows, chains, k=3)
+    assert out["single_sample"]["accuracy"] == round(5 / 9, 3) and out["single_sample"]["n"] == 9
+    assert out["majority@3"]["accuracy"] == round(1 / 3, 3)
+    assert {level: (a["n"], a["accuracy"]) for level, a in out["by_agreement"].items()} == {
+        "3/3": (1, 1.0),
+        "2/3": (1, 0.0),
+        "1/3": (1, 0.0),
+    }
+    assert out["by_min_agreement"][">=2/3"] == {"kept_share": 0.667, "accuracy": 0.5, "n": 2, "ci95": [0.095, 0.905]}

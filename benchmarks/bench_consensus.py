@@ -1,0 +1,143 @@
+"""Does the vote pick right answers? Single-sample vs majority@k accuracy, and accuracy per agreement level.
+
+On N GSM8K *train* questions with gold answers (the test split stays for evaluation), the model answers each
+question k times with the recipe's answer prompt and sampling (the paper's: temperature 1.0, top_p 1.0); answers
+are read and voted exactly as the consensus step does. Printed:
+
+- single-sample accuracy (the mean over all k samples) and majority@3, majority@k accuracy;
+- accuracy per agreement level (k/k, (k-1)/k, ...), with 95% Wilson intervals: the calibration table that
+  ``consensus.min_agreement`` is tuned with;
+- per ``min_agreement``: the share of questions kept and the accuracy of the kept pairs.
+
+Every answer is stored as it arrives (``--store``), so an interrupted run continues where it stopped.
+
+    python benchmarks/bench_consensus.py --n 100 --k 5            # qwen2.5-coder-0.5b on 2 cores: about 2 h
+    python benchmarks/bench_consensus.py --n 10 --k 3 --model smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from _data import gsm8k
+from tqdm import tqdm
+
+from crescent_distilabel.answers import extract_answer, normalize_answer
+from crescent_distilabel.backends import build_llm
+from crescent_distilabel.llms import derive_seed
+from crescent_distilabel.prompts import ANSWER_TEMPLATE
+from crescent_distilabel.recipe import ModelConfig, SamplingConfig
+from crescent_distilabel.steps._llm import generate
+from crescent_distilabel.store import ProgressStore
+from crescent_distilabel.voting import majority_vote
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sound at small n and near 0 or 1, unlike p +- 2 se)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def gold_key(row: dict) -> object:
+    return normalize_answer(row["answer"].rsplit("####", 1)[1].strip())
+
+
+def answer_all(rows: list[dict], args: argparse.Namespace) -> list[list[str | None]]:
+    sampling = SamplingConfig(temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_tokens)
+    llm = build_llm(ModelConfig(model=args.model, n_ctx=args.max_tokens + 512), sampling, seed=args.seed)
+    llm.load()
+    store = ProgressStore(args.store)
+    chains = []
+    for row in tqdm(rows, desc=f"answering (k={args.k})", unit="question"):
+        prompt = ANSWER_TEMPLATE.format(question=row["question"])
+        seed = derive_seed(args.seed, "bench_consensus", row["question"])
+        chains.append(generate(llm, [prompt], args.k, [seed], store=store, stage="answer")[0].texts)
+    return chains
+
+
+def report(rows: list[dict], chains: list[list[str | None]], k: int) -> dict:
+    gold = [gold_key(row) for row in rows]
+    keys = [[normalize_answer(extract_answer(c)) for c in cs] for cs in chains]
+    samples = [key == g for ks, g in zip(keys, gold) for key in ks]
+    out: dict = {"n": len(rows), "k": k, "single_sample": _acc(sum(samples), len(samples))}
+    for m in sorted({3, k}):
+        votes = [majority_vote(ks[:m], min_agreement=0.0, tie_policy="first") for ks in keys]
+        right = sum(v.kept and normalize_answer(v.answer) == g for v, g in zip(votes, gold))
+        out[f"majority@{m}"] = _acc(right, len(rows))
+    votes = [majority_vote(ks, min_agreement=0.0, tie_policy="first") for ks in keys]
+    by_level: dict[int, list[bool]] = {}
+    for vote, g in zip(votes, gold):
+        top = max(vote.counts.values()) if vote.kept else 0
+        by_level.setdefault(top, []).append(vote.kept and normalize_answer(vote.answer) == g)
+    out["by_agreement"] = {f"{n}/{k}": _acc(sum(v), len(v)) for n, v in sorted(by_level.items(), reverse=True)}
+    out["by_min_agreement"] = {}
+    for need in range(k, 0, -1):
+        kept = [ok for n, v in by_level.items() if n >= need for ok in v]
+        out["by_min_agreement"][f">={need}/{k}"] = {"kept_share": round(len(kept) / len(rows), 3)} | _acc(
+            sum(kept), len(kept)
+        )
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The figures as the README shows them."""
+    k = result["k"]
+    pct = lambda a: "-" if a["accuracy"] is None else f"{a['accuracy']:.1%} [{a['ci95'][0]:.1%}, {a['ci95'][1]:.1%}]"  # noqa: E731
+    lines = [
+        f"{result['model']}, {result['n']} GSM8K train questions, k = {k}, temperature {result['temperature']}, "
+        f"max {result['max_tokens']} tokens ({result['wall_s']:.0f} s)",
+        "",
+        "| measure | accuracy [95% Wilson] | n |",
+        "|---|---|---:|",
+    ]
+    for name in ["single_sample", *(key for key in result if key.startswith("majority@"))]:
+        lines.append(f"| {name.replace('_', '-')} | {pct(result[name])} | {result[name]['n']} |")
+    lines += ["", "| top answer's votes | questions | accuracy [95% Wilson] |", "|---|---:|---|"]
+    for level, acc in result["by_agreement"].items():
+        lines.append(f"| {level} | {acc['n']} | {pct(acc)} |")
+    lines += ["", "| min_agreement | kept share | accuracy of kept [95% Wilson] |", "|---|---:|---|"]
+    for level, acc in result["by_min_agreement"].items():
+        lines.append(f"| {level} | {acc['kept_share']:.0%} | {pct(acc)} |")
+    return "\n".join(lines)
+
+
+def _acc(hits: int, n: int) -> dict:
+    low, high = wilson(hits, n)
+    return {"accuracy": round(hits / n, 3) if n else None, "n": n, "ci95": [round(low, 3), round(high, 3)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="a llama.cpp model (alias, .gguf)")
+    parser.add_argument("--n", type=int, default=100, help="GSM8K train questions (the first n)")
+    parser.add_argument("--k", type=int, default=5, help="samples per question")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--store", type=Path, default=Path("outputs/bench_consensus.sqlite"), help="resume file")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    args.store.parent.mkdir(parents=True, exist_ok=True)
+    rows = gsm8k("train")[: args.n]
+    start = time.perf_counter()
+    chains = answer_all(rows, args)
+    result = {"model": args.model, "temperature": args.temperature, "max_tokens": args.max_tokens} | report(
+        rows, chains, args.k
+    )
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    result["empty_samples"] = sum(1 for cs in chains for c in cs if not c)
+    print(markdown(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
