@@ -50,14 +50,11 @@ class BackendError(RuntimeError):
     """A backend cannot be used as configured; the message says what to change."""
 
 
-def _qwen_pieces_installed() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in QWEN_PIECES)
-
-
 def qwen_gguf_path() -> Path:
     """Qwen2.5-Coder-0.5B-Instruct Q4_K_M: joined once from the PyPI pieces when they are installed (checked by
     hash), else the official GGUF from the Hub."""
-    if not _qwen_pieces_installed():
+    dirs = [importlib.util.find_spec(name) for name in QWEN_PIECES]
+    if any(spec is None or not spec.submodule_search_locations for spec in dirs):
         from huggingface_hub import hf_hub_download
 
         repo_id, filename = QWEN_HUB_FILE.rsplit("/", 1)
@@ -67,18 +64,12 @@ def qwen_gguf_path() -> Path:
         return target
     from filelock import FileLock
 
-    pieces = [_package_dir(name) / "data" / f"part{i:02d}.bin" for i, name in enumerate(QWEN_PIECES, 1)]
+    pieces = [Path(spec.submodule_search_locations[0]) / "data" / f"part{i:02d}.bin" for i, spec in
+              enumerate(dirs, 1)]  # fmt: skip
     with FileLock(str(target) + ".lock"):  # test workers may ask at once: join once
         if not target.is_file():
             _join_checked(pieces, target, QWEN_SHA256)
     return target
-
-
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise BackendError(f"the package {name} is not installed")
-    return Path(spec.submodule_search_locations[0])
 
 
 def _join_checked(pieces: list[Path], target: Path, sha256: str) -> None:
@@ -404,56 +395,39 @@ def cache_dir() -> Path:
 
 
 def smollm2_hf_dir() -> Path:
-    """SmolLM2-135M-Instruct as a transformers directory (fp32), converted once from the PyPI GGUF and cached."""
-    return hf_copy(SMOLLM2_ALIAS)
+    """SmolLM2-135M-Instruct as a transformers directory (fp32), converted once from the PyPI GGUF and cached.
 
-
-def hf_copy(alias: str) -> Path:
-    """A GGUF alias's model as a transformers directory (fp32), converted once from the GGUF and cached.
-
-    transformers dequantises the GGUF (about 30 s for SmolLM2, 90 s for Qwen); the saved copy reloads in under a
-    second, so training, evaluation and the loop use it wherever they need the model in HF format.
+    transformers dequantises the GGUF (about 30 s); the saved copy reloads in under a second, so training,
+    evaluation and the loop use this directory wherever they need the model in HF format.
     """
-    name, gguf_path = HF_COPIES[alias]
-    target = cache_dir() / name
+    target = cache_dir() / "SmolLM2-135M-Instruct-hf"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     from filelock import FileLock
 
     with FileLock(str(target) + ".lock"):  # several processes (test workers) may ask at once: convert once
         if not (target / "model.safetensors").is_file():
-            _convert_gguf(gguf_path(), target)
+            _convert_smollm2(target)
     return target
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
-    import shutil
-
+def _convert_smollm2(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    gguf = smollm2_gguf_path()
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if getattr(model, "hf_quantizer", None) is not None:  # "quantized with gguf, not serializable" otherwise
         model.hf_quantizer.remove_quantization_config(model)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    tmp = target.with_name(target.name + ".partial")
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    import shutil
+
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
 
 
 def resolve_hf_model(model: str) -> str:
-    """A transformers model for training/evaluation: ``smollm2`` maps to the cached conversion; the Qwen alias to
-    the official Hub model, or offline (its PyPI pieces installed) to the conversion of the GGUF; else as given."""
-    if model == QWEN_ALIAS and not _qwen_pieces_installed():
-        return QWEN_HUB_ID
-    return str(hf_copy(model)) if model in HF_COPIES else model
-
-
-HF_COPIES = {
-    SMOLLM2_ALIAS: ("SmolLM2-135M-Instruct-hf", smollm2_gguf_path),
-    QWEN_ALIAS: ("Qwen2.5-Coder-0.5B-Instruct-Q4_K_M-hf", qwen_gguf_path),
-}
-"""GGUF aliases that training and evaluation get as a converted transformers directory."""
-HUB_IDS = {SMOLLM2_ALIAS: SMOLLM2_HUB_ID, QWEN_ALIAS: QWEN_HUB_ID}
-"""What each alias's model was made from, named in model cards."""
+    """A transformers model for training/evaluation: ``smollm2`` maps to the cached conversion, else as given."""
+    return str(smollm2_hf_dir()) if model == SMOLLM2_ALIAS else model

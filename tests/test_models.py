@@ -52,20 +52,3 @@ def test_qwen_solves_a_grade_school_problem() -> None:
     chat = [{"role": "user", "content": ANSWER_TEMPLATE.format(question=question)}]
     text = llm.create_chat_completion(chat, max_tokens=512, temperature=0)["choices"][0]["message"]["content"]
     assert normalize_answer(extract_answer(text)) == 72, text
-
-
-def test_training_and_evaluation_get_qwen_as_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Offline: the GGUF converted once (fp32); with the Hub reachable, the official model instead."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from crescent_distilabel import backends
-
-    path = backends.resolve_hf_model(QWEN_ALIAS)
-    assert AutoConfig.from_pretrained(path).model_type == "qwen2"
-    prompt = AutoTokenizer.from_pretrained(path).apply_chat_template(
-        [{"role": "user", "content": "What is 2 + 3?"}], tokenize=False, add_generation_prompt=True
-    )
-    assert "<|im_start|>user\nWhat is 2 + 3?<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
-    assert backends.resolve_hf_model(QWEN_ALIAS) == path  # converted once
-    monkeypatch.setattr(backends, "_qwen_pieces_installed", lambda: False)
-    assert backends.resolve_hf_model(QWEN_ALIAS) == backends.QWEN_HUB_ID == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
