@@ -603,7 +603,6 @@ def _execute(
     """Run the built pipeline and write everything a run leaves in ``output_dir``."""
     import datasets
 
-    from crescent_distilabel.backends import LocalServer
     from crescent_distilabel.progress import ProgressDisplay
     from crescent_distilabel.watchdog import Watchdog
 
