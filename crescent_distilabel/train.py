@@ -197,10 +197,10 @@ def check_recipe(recipe: SFTRecipe, cuda: bool | None = None) -> None:
             )
     if not recipe.model.model_name_or_path:
         raise TrainError("the recipe names no model: set model_name_or_path")
-    from crescent_distilabel.backends import SMOLLM2_ALIAS, SMOLLM2_HUB_ID, resolve_hf_model
+    from crescent_distilabel.backends import HUB_IDS, resolve_hf_model
 
     name = recipe.model.model_name_or_path
-    recipe.base_label = recipe.base_label or (SMOLLM2_HUB_ID if name == SMOLLM2_ALIAS else name)
+    recipe.base_label = recipe.base_label or HUB_IDS.get(name, name)
     recipe.model.model_name_or_path = resolve_hf_model(name)
     check_model(recipe.model.model_name_or_path)
 
