@@ -15,7 +15,7 @@ from dataclasses import dataclass
 DROP_REASONS = ("empty", "refusal", "too_short", "too_long", "no_digits", "no_question", "repetitive")
 """Every reason :func:`clean_question` can give for dropping a sample."""
 
-CLEANING_VERSION = 2
+CLEANING_VERSION = 3
 """Bumped whenever :func:`clean_question` keeps or drops some text differently (part of a run's fingerprint)."""
 
 _CHATTY_START = (
@@ -54,6 +54,16 @@ _EPILOGUE = re.compile(
 _SOLVING = re.compile(
     r"(?:^|\n|(?<=[.?!])\s+)\W{0,4}"
     r"(?:to solve (?:this|the)|let(?:'|’)s (?:solve|break|start|think)|we (?:can|need to) (?:solve|find the))\b",
+    re.IGNORECASE,
+)
+# A sample that opens by solving is an answer to a problem it never states ("To determine how many ways 5 books can
+# be arranged, we use permutations: 5! = 120."): the words it asks with belong to the solution.
+_SOLUTION_START = re.compile(
+    r"^\W{0,4}(?:to (?:solve|determine|find|calculate|compute|figure out|work out|answer)\b"
+    r"(?:[^.?!\n]|\.(?=\d)){0,300}?,\s*"  # up to the comma (a decimal point does not end the clause)
+    r"(?:we|you|i|let(?:'|’)s|first)\b"
+    r"|let(?:'|’)s (?:solve|break|start|think|calculate|find|determine|begin)\b"
+    r"|first,? (?:we|let(?:'|’)s)\b|step 1\b|we (?:can|need to|will|first) (?:solve|find|calculate|determine)\b)",
     re.IGNORECASE,
 )
 # A question asks ("?") or instructs. Anything else ("A math problem that requires creative thinking.") is not one.
@@ -160,7 +170,7 @@ def clean_question(
         return CleanedQuestion(None, "too_long")
     if require_digits and not any(ch.isdigit() for ch in question):
         return CleanedQuestion(None, "no_digits")
-    if not asks(question):
+    if not asks(question) or (_SOLUTION_START.match(question) and "?" not in question):
         return CleanedQuestion(None, "no_question")
     if is_repetitive(question):
         return CleanedQuestion(None, "repetitive")

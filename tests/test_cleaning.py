@@ -148,11 +148,28 @@ def test_solution_phrases_cut_only_after_the_problem_asks(raw: str, expected: st
         "A math problem that requires creative and imaginative thinking. It has 3 parts and 2 answers.",
         "Problem: In a town of 5,000 people, 60% own a bicycle and 25% own a car.",
         "Here is a problem about 4 friends sharing 3 pizzas equally at a party.",
+        # answer-shaped bait samples (Qwen2.5-Coder-0.5B writes these): a solution to a problem never stated
+        "To determine how many different ways 5 books can be arranged on a shelf, we need to use permutations. "
+        "The number of ways is 5! = 120.",
+        "To find the total cost of 3 notebooks at $2.50 each, we multiply: 3 * 2.50 = 7.50. So the total is $7.50.",
+        "Let's solve this step by step. First, 12 apples divided among 4 friends gives 3 apples each.",
+        "Step 1: Calculate the area of the garden: 8 * 5 = 40 square meters.",
     ],
 )
 def test_a_text_that_asks_nothing_is_no_question(raw: str) -> None:
     assert clean_question(raw).drop_reason == "no_question"
     assert "no_question" in DROP_REASONS
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [  # problems that open like a solution but state and ask their own question are kept whole
+        "To find the perimeter, you walk around a garden that is 5 m by 3 m. How far do you walk?",
+        "To make 1 cake, you need 3 eggs. How many eggs do you need for 4 cakes?",
+    ],
+)
+def test_a_problem_that_opens_like_a_solution_but_asks_is_kept(raw: str) -> None:
+    assert clean_question(raw).question == raw
 
 
 def test_questions_and_instructions_ask() -> None:
