@@ -55,6 +55,7 @@ def dataset_card(
     hub: bool = False,
     review: dict[str, Any] | None = None,
     decontamination: dict[str, Any] | None = None,
+    diversity: dict[str, Any] | None = None,
     models: tuple[str | None, str | None] = (None, None),
 ) -> str:
     """A Hub dataset card (README.md) for a run's Distiset: settings, counts, agreement, review, citation.
@@ -64,6 +65,7 @@ def dataset_card(
         hub: paths for the Hub's Parquet layout instead of the local Arrow one.
         review: an :class:`~crescent_distilabel.review.AccuracyReport` as a dict, once reviews came back.
         decontamination: benchmark overlap results, when a decontamination was run.
+        diversity: question diversity after bait and after diversification (benchmarks/bench_questions.py).
         models: the models that actually wrote the questions and answers (from the data), which differ from
             the recipe's when a Python caller passed its own LLMs.
     """
@@ -141,7 +143,7 @@ Agreement of kept answers (winner votes / k):
 
 Token usage: {summary["question_tokens"]} question, {summary["rewrite_tokens"]} rewrite and
 {summary["answer_tokens"]} answer tokens; {summary["wall_time_s"]:.0f} s wall time.
-{_throughput_section(summary)}{_review_section(review)}{_decontamination_section(decontamination)}
+{_throughput_section(summary)}{_diversity_section(diversity)}{_review_section(review)}{_decontamination_section(decontamination)}
 ## Citation
 
 ```bibtex
@@ -201,6 +203,25 @@ not well-posed. Reviewed accuracy of the consensus answers (95% Wilson intervals
 {report.table()}
 
 Review outcome per pair: {statuses}.
+"""
+
+
+def _diversity_section(diversity: dict[str, Any] | None) -> str:
+    if not diversity:
+        return ""
+    rows = "\n".join(
+        f"| {label} | {s['questions']} | {s['distinct_rate']:.1%} | {s['mean_nearest']:.3f} |"
+        for label, s in diversity["sets"].items()
+    )
+    return f"""
+## Question diversity
+
+Distinct: no earlier question of the set at cosine > {diversity["threshold"]} ({diversity["embedding_model"]});
+nearest: each question's cosine to its nearest other, averaged (lower is more varied).
+
+| questions | n | distinct | mean nearest |
+|---|---:|---:|---:|
+{rows}
 """
 
 

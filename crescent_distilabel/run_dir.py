@@ -27,6 +27,7 @@ STATE_DIR = ".crescent"
 CONFIG_ORDER = ("default", "dropped", "reviewed", "review_rejected", "contaminated")
 REVIEW_REPORT = "review_report.json"
 DECONTAMINATION = "decontamination.json"
+DIVERSITY = "question_diversity.json"  # benchmarks/bench_questions.py --save
 
 
 class RunDirError(FileNotFoundError):
@@ -180,6 +181,7 @@ class RunDir:
             hub=hub,
             review=self.report(REVIEW_REPORT),
             decontamination=self.report(DECONTAMINATION),
+            diversity=self.report(DIVERSITY),
             models=models_in(*(self.load(c) for c in self.configs())),
         )
 

@@ -98,3 +98,30 @@ def test_decontamination_survives_rerunning_the_run(tmp_path: Path) -> None:
     assert load_from_disk(str(out / "contaminated"))["train"]["question"] == [gsm8k]
     card = (out / "README.md").read_text()
     assert "## Decontamination" in card and "config_name: contaminated" in card
+
+
+def test_question_diversity_of_a_run_goes_into_its_card(run_copy: Path) -> None:
+    """benchmarks/bench_questions.py on a finished run: the cleaned and the accepted questions, measured with the
+    real embedder, saved beside the run and shown in its card."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_questions import measure, question_sets
+    from conftest import REVIEW_QUESTIONS
+
+    from crescent_distilabel.run_dir import DIVERSITY, RunDir
+
+    sets = question_sets(RunDir(run_copy))
+    questions = [q for q, _ in REVIEW_QUESTIONS.values()]  # in bait order; the 7th sample asks nothing
+    assert sets == {"after bait (cleaned)": questions, "after diversification": questions}
+    result = measure(run_copy, reference=False)
+    six = result["sets"]["after diversification"]
+    assert six["questions"] == 6 and six["distinct_rate"] == 1.0 and 0.1 < six["mean_nearest"] < 0.875
+    run = RunDir(run_copy)
+    run.write_report(DIVERSITY, result)
+    run.write_card()
+    card = (run_copy / "README.md").read_text()
+    assert (
+        "## Question diversity" in card
+        and f"| after diversification | 6 | 100.0% | {six['mean_nearest']:.3f} |" in card
+    )

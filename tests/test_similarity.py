@@ -7,6 +7,7 @@ from crescent_distilabel.similarity import (
     SimilarityIndex,
     accept_against_history,
     normalize_rows,
+    spread,
     within_batch_duplicates,
 )
 
@@ -89,3 +90,16 @@ def test_empty_index_and_dimension_errors() -> None:
     assert sim.tolist() == [-1.0, -1.0] and ids.tolist() == [-1, -1]
     with pytest.raises(ValueError, match="size 8"):
         index.add(np.ones((1, 4), dtype=np.float32))
+
+
+def test_spread_counts_questions_with_an_earlier_near_duplicate() -> None:
+    rng = np.random.default_rng(3)
+    a, b, c = unit(rng, 3, dim=256)  # random unit vectors in 256-d: pairwise cosine near 0
+    vectors = np.stack([a, b, near(a, 0.95, rng), c, near(b, 0.80, rng), c])
+    # the 3rd (0.95 to the 1st) and the 6th (a copy of the 4th) have an earlier near-duplicate; 0.80 does not count
+    got = spread(vectors, threshold=0.875, block=4)  # blocks smaller than the set: the same as one block
+    assert got["questions"] == 6 and got["distinct_rate"] == round(4 / 6, 4)
+    nearest = [0.95, 0.80, 0.95, 1.0, 0.80, 1.0]
+    assert abs(got["mean_nearest"] - sum(nearest) / 6) < 0.02
+    assert spread(vectors, threshold=0.875) == got
+    assert spread(vectors[:1]) == {"questions": 1, "distinct_rate": 1.0, "mean_nearest": 0.0}
