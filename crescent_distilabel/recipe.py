@@ -35,9 +35,10 @@ class ModelConfig(_Section):
 
     backend: Literal["llamacpp", "openai", "transformers", "vllm", "vllm_serve"] = "llamacpp"
     model: str = Field(
-        "smollm2",
-        description="llamacpp: 'smollm2', a .gguf path or <repo>/<file>.gguf; openai: served name; "
-        "transformers, vllm, vllm_serve: a local directory or Hub id ('smollm2': the GGUF converted once)",
+        "qwen2.5-coder-0.5b",
+        description="llamacpp: 'qwen2.5-coder-0.5b' (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, does grade-school math), "
+        "'smollm2' (SmolLM2-135M, fast, for trying the pipeline), a .gguf path or <repo>/<file>.gguf; openai: "
+        "served name; transformers, vllm, vllm_serve: a local directory or Hub id (an alias: its transformers copy)",
     )
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")

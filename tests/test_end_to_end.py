@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 # 135M model agrees with itself often enough for kept pairs; the seed fixes llama.cpp's sampling.
 SMALL = {
     "seed": 7,
+    "question_model": {"model": "smollm2"},  # the fast model: these tests check the pipeline, not data quality
     "bait": {"num_calls": 2, "samples_per_call": 4},
     "sampling": {"max_new_tokens": 160, "temperature": 0.3},
     "consensus": {"k": 3, "batch_size": 4},
@@ -79,7 +80,11 @@ def test_openai_compatible_server_end_to_end(tmp_path: Path, llamacpp_server: st
 
 def test_pipeline_yaml_round_trip_runs_with_distilabel_cli(tmp_path: Path) -> None:
     """The pipeline.yaml a run writes is enough for `distilabel pipeline run --config` to run it again."""
-    tiny = {"bait": {"num_calls": 1, "samples_per_call": 2}, "sampling": {"max_new_tokens": 48}}
+    tiny = {
+        "question_model": {"model": "smollm2"},
+        "bait": {"num_calls": 1, "samples_per_call": 2},
+        "sampling": {"max_new_tokens": 48},
+    }
     first = run_recipe(load_recipe({**tiny, "output_dir": str(tmp_path / "run"), "consensus": {"k": 2}}))
     assert first.complete, first.message
     config = tmp_path / "run" / "distiset_configs" / "pipeline.yaml"

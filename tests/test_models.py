@@ -48,7 +48,7 @@ def test_qwen_solves_a_grade_school_problem() -> None:
         "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
         "How many clips did Natalia sell altogether in April and May?"
     )
-    llm = Llama(str(resolve_gguf(QWEN_ALIAS)), n_ctx=2048, n_threads=2, verbose=False, seed=1)
+    llm = Llama(str(resolve_gguf(QWEN_ALIAS)), n_ctx=2048, n_threads=1, verbose=False, seed=1)
     chat = [{"role": "user", "content": ANSWER_TEMPLATE.format(question=question)}]
     text = llm.create_chat_completion(chat, max_tokens=512, temperature=0)["choices"][0]["message"]["content"]
     assert normalize_answer(extract_answer(text)) == 72, text
@@ -69,3 +69,45 @@ def test_training_and_evaluation_get_qwen_as_transformers(monkeypatch: pytest.Mo
     assert backends.resolve_hf_model(QWEN_ALIAS) == path  # converted once
     monkeypatch.setattr(backends, "_qwen_pieces_installed", lambda: False)
     assert backends.resolve_hf_model(QWEN_ALIAS) == backends.QWEN_HUB_ID == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+
+
+def test_without_the_pieces_and_the_hub_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crescent_distilabel import backends
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine that cannot reach the Hub
+    monkeypatch.setattr(backends, "_qwen_pieces_installed", lambda: False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(BackendError, match=r"could not be downloaded .*offline-models.*'smollm2'"):
+        resolve_gguf(QWEN_ALIAS)
+
+
+@pytest.mark.slow
+def test_the_default_recipe_runs_end_to_end(tmp_path: Path) -> None:
+    """The shipped default recipe, shrunk to two bait samples: the default model through the real pipeline."""
+    from datasets import load_from_disk
+
+    from crescent_distilabel import load_recipe, run_recipe
+    from crescent_distilabel.recipe import ModelConfig
+
+    recipe = load_recipe(
+        Path(__file__).resolve().parents[1] / "recipes/Qwen2.5-Coder-0.5B-Instruct/generate/config_cpu.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "bait.num_calls=1",
+            "bait.samples_per_call=2",
+            "consensus.k=2",
+            "sampling.max_new_tokens=384",
+            "question_model.n_threads=1",  # one core: the other xdist worker keeps the other
+        ],
+    )
+    assert recipe.question_model.model == ModelConfig().model == QWEN_ALIAS  # the recipe runs the default model
+    result = run_recipe(recipe)
+    assert result.complete, result.message
+    assert result.summary.raw_samples == 2
+    kept = load_from_disk(str(tmp_path / "run" / "default" / "train")).to_list()
+    dropped = load_from_disk(str(tmp_path / "run" / "dropped" / "train")).to_list()
+    assert all(row["drop_reason"] for row in dropped)
+    for row in kept:  # each kept answer is the one its own chains agreed on
+        assert row["question"].strip() and row["final_answer"] is not None
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert QWEN_ALIAS in card

@@ -212,7 +212,8 @@ from crescent_distilabel import load_recipe, pipeline
 if __name__ == "__main__":
     torch.set_num_threads(2)
     x = torch.ones(2_000_000).exp().sum() + (torch.randn(512, 512) @ torch.randn(512, 512)).sum()  # OpenMP runs here
-    recipe = load_recipe({{"output_dir": sys.argv[1], "bait": {{"num_calls": 2, "samples_per_call": 3}}}})
+    recipe = load_recipe({{"output_dir": sys.argv[1], "question_model": {{"model": "smollm2"}},
+                          "bait": {{"num_calls": 2, "samples_per_call": 3}}}})
     result = pipeline.run_recipe(
         recipe, question_llm=FakeLLM(rules={{"creativity": {bait!r}}}), answer_llm=FakeLLM(rules={answers!r}),
         show_progress=False,

@@ -28,7 +28,7 @@ os.environ.update(RAY_ENV)
 
 SMALL = {
     "seed": 7,
-    "question_model": {"n_threads": 1},
+    "question_model": {"model": "smollm2", "n_threads": 1},
     "sampling": {"max_new_tokens": 96},
     "bait": {"num_calls": 4, "samples_per_call": 3},
     "consensus": {"k": 2, "batch_size": 2},

@@ -84,7 +84,7 @@ def test_a_server_that_stays_down_stops_the_run_cleanly_and_the_rerun_finishes(
     proxy = FaultProxy(llamacpp_server, faults=["ok"] * 6 + ["garbage"]).start()
     out = tmp_path / "run"
     try:
-        first = run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=60, max_retries=1)))
+        first = run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=300, max_retries=1)))
         assert not first.complete and "re-run the same command" in first.message
         assert first.summary.dropped.get("generation_failed", 0) > 0
         assert (out / "crescent_run.json").is_file() and (out / "default").is_dir()  # saved, marked incomplete
@@ -94,9 +94,9 @@ def test_a_server_that_stays_down_stops_the_run_cleanly_and_the_rerun_finishes(
         from crescent_distilabel.backends import BackendError
 
         with pytest.raises(BackendError, match=proxy.url.replace(".", r"\.")):
-            run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=60, max_retries=1)))
+            run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=300, max_retries=1)))
         proxy.down = False
-        second = run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=60, max_retries=1)))
+        second = run_recipe(load_recipe(openai_recipe(proxy.url, out, timeout=300, max_retries=1)))
     finally:
         proxy.stop()
     assert second.complete and second.resumed and second.reused_generations == stored
@@ -134,7 +134,8 @@ def test_ctrl_c_stops_with_exit_3_and_the_rerun_completes(tmp_path: Path) -> Non
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) on the embedded llama.cpp backend."""
     out = tmp_path / "run"
     args = [sys.executable, "-m", "crescent_distilabel.cli", "generate", "--output-dir", str(out)]
-    for item in ("bait.num_calls=3", "bait.samples_per_call=2", "sampling.max_new_tokens=48", "consensus.k=2"):
+    settings = ["question_model.model=smollm2", "bait.num_calls=3", "bait.samples_per_call=2"]
+    for item in (*settings, "sampling.max_new_tokens=48", "consensus.k=2"):
         args += ["--set", item]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300

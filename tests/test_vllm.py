@@ -104,7 +104,11 @@ def test_a_vllm_serve_that_cannot_start_fails_fast_with_its_log(tmp_path: Path) 
     """This environment has no vLLM: the server exits at once and the error shows why, with the log kept."""
     out = tmp_path / "run"
     recipe = load_recipe(
-        {**SMALL, "output_dir": str(out), "question_model": {"backend": "vllm_serve", "vllm_python": sys.executable}}
+        {
+            **SMALL,
+            "output_dir": str(out),
+            "question_model": {"backend": "vllm_serve", "model": "smollm2", "vllm_python": sys.executable},
+        }
     )
     with pytest.raises(BackendError, match=r"vllm serve exited with code \d+:[\s\S]*No module named 'vllm'"):
         run_recipe(recipe)
@@ -224,7 +228,8 @@ def test_vllm_cpu_serves_many_seeded_requests_at_once_reproducibly(tmp_path: Pat
 
     from crescent_distilabel.vllm_backend import serve_vllm
 
-    config = load_recipe(None, ["question_model.backend=vllm_serve", f"question_model.vllm_python={VLLM_PYTHON}"])
+    settings = ["question_model.backend=vllm_serve", "question_model.model=smollm2"]
+    config = load_recipe(None, [*settings, f"question_model.vllm_python={VLLM_PYTHON}"])
 
     async def ask(client: AsyncOpenAI, i: int) -> list[str]:
         chat = [{"role": "user", "content": f"Write a math word problem about {i % 20} apples."}]
