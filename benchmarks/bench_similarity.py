@@ -7,7 +7,6 @@ questions, perturbed with noise drawn from their own covariance. The query strea
 near-duplicates of accepted questions (cosine 0.80-0.99) with 70% fresh questions, checked in batches of 100
 (one bait call) exactly as the Diversify step does (search, then in-batch check, then add the accepted).
 "search" is the history search alone; "accept" the whole per-batch check including adding accepted questions.
-"search" is the history search alone; "accept" the whole per-batch check including adding accepted questions.
 
     python benchmarks/bench_similarity.py [--sizes 10000 100000 1000000] [--queries 10000]
 """
