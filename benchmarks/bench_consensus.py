@@ -50,22 +50,31 @@ def gold_key(row: dict) -> object:
     return normalize_answer(row["answer"].rsplit("####", 1)[1].strip())
 
 
-def answer_all(rows: list[dict], args: argparse.Namespace) -> list[list[str | None]]:
+def answer_all(rows: list[dict], args: argparse.Namespace) -> tuple[list[list[str | None]], list[list[bool]]]:
+    """Each question's k chains, and which of them hit max tokens."""
     sampling = SamplingConfig(temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_tokens)
     llm = build_llm(ModelConfig(model=args.model, n_ctx=args.max_tokens + 512), sampling, seed=args.seed)
     llm.load()
     store = ProgressStore(args.store)
-    chains = []
+    chains, truncated = [], []
     for row in tqdm(rows, desc=f"answering (k={args.k})", unit="question"):
         prompt = ANSWER_TEMPLATE.format(question=row["question"])
         seed = derive_seed(args.seed, "bench_consensus", row["question"])
-        chains.append(generate(llm, [prompt], args.k, [seed], store=store, stage="answer")[0].texts)
-    return chains
+        samples = generate(llm, [prompt], args.k, [seed], store=store, stage="answer")[0]
+        chains.append(samples.texts)
+        truncated.append(samples.truncated)
+    return chains, truncated
 
 
-def report(rows: list[dict], chains: list[list[str | None]], k: int) -> dict:
+def report(
+    rows: list[dict], chains: list[list[str | None]], k: int, truncated: list[list[bool]] | None = None
+) -> dict:
+    """The figures; a chain cut off at max tokens reads only a marked answer, as the consensus step does."""
     gold = [gold_key(row) for row in rows]
-    keys = [[normalize_answer(extract_answer(c)) for c in cs] for cs in chains]
+    cut = truncated or [[False] * len(cs) for cs in chains]
+    keys = [
+        [normalize_answer(extract_answer(c, finished=not t)) for c, t in zip(cs, ts)] for cs, ts in zip(chains, cut)
+    ]
     samples = [key == g for ks, g in zip(keys, gold) for key in ks]
     out: dict = {"n": len(rows), "k": k, "single_sample": _acc(sum(samples), len(samples))}
     for m in sorted({3, k}):
@@ -128,12 +137,13 @@ def main() -> None:
     args.store.parent.mkdir(parents=True, exist_ok=True)
     rows = gsm8k("train")[: args.n]
     start = time.perf_counter()
-    chains = answer_all(rows, args)
+    chains, truncated = answer_all(rows, args)
     result = {"model": args.model, "temperature": args.temperature, "max_tokens": args.max_tokens} | report(
-        rows, chains, args.k
+        rows, chains, args.k, truncated
     )
     result["wall_s"] = round(time.perf_counter() - start, 1)
     result["empty_samples"] = sum(1 for cs in chains for c in cs if not c)
+    result["truncated_samples"] = sum(t for ts in truncated for t in ts)
     print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -20,7 +20,7 @@ from typing import Any
 AnswerKey = Fraction | str
 """An exact, hashable answer: a number as a Fraction, or a canonical string (symbolic LaTeX, a letter, a word)."""
 
-EXTRACTION_VERSION = 2
+EXTRACTION_VERSION = 3
 """Bumped whenever :func:`extract_answer` or :func:`normalize_answer` reads some text differently. It is part
 of a run's fingerprint: votes made by another version would differ, so a run is never continued with two."""
 
@@ -110,26 +110,33 @@ def _last_marked(text: str, marker: re.Pattern[str], *, need: str) -> str | None
         result = _result(value)
         if need == "number" and not (_NUMBER_RE.search(result) or _choice(result) or "\\" in result):
             continue
-        if result:
+        if result and _answer_like(result):
             return result
     return None
 
 
-def extract_answer(text: str | None) -> str | None:
+def _answer_like(value: str) -> bool:
+    """A number, LaTeX, an option letter or a few words; not a sentence ("#### Answer:" echoed at the start of a
+    chain, with the reasoning on the next line)."""
+    return bool(_NUMBER_RE.search(value) or "\\" in value or _choice(value) or len(value.split()) <= 3)
+
+
+def extract_answer(text: str | None, *, finished: bool = True) -> str | None:
     """The final answer as written.
 
     In order: the last ``####`` marker that is not a heading (``#### Answer: 12``, ``#### 12``); the last
     ``\\boxed{}``; the last ``Answer:`` label at the start of a line; the last "the answer is" / "final answer:"
     with a number or an option letter after it; a math span that ends the text; the last number. After a marker,
     arithmetic counts by its result (the right of the last "="). Mentions of the marker itself, as in an echoed
-    instruction, are ignored.
+    instruction, are ignored. A chain that was cut off (``finished=False``, it hit max tokens) gives only a
+    marked answer: its last number or formula is wherever the cut fell, not an answer.
     """
     if not text:
         return None
     text = _QUOTED_MARKER.sub(" ", text.replace("\r\n", "\n").replace("**", ""))
     answer = _last_marked(text, _HASHES, need="not_heading") or _boxed(text)
     answer = answer or _last_marked(text, _LABEL, need="any") or _last_marked(text, _PHRASES, need="number")
-    if answer:
+    if answer or not finished:
         return answer
     math = _TRAILING_MATH.search(text.rstrip())
     if math:

@@ -93,6 +93,12 @@ EXTRACTION_CLASSES = {
         ('Think step by step. Give the final answer as a single number after "#### Answer:".\n3+4=7. So 7.', "7"),
         ('3+4=7\n#### Answer: 7\nRemember: the final answer goes after "#### Answer:".', "7"),
         ("I will put the answer after '####'. 2*9 = 18\n#### 18", "18"),
+        (  # Qwen2.5-Coder-0.5B: the marker echoed first, its reasoning on the next line, the answer boxed at the end
+            "#### Answer:\n\nTo determine how many houses have red and blue flowers in total, we need to analyze "
+            "the problem carefully. Here is how.\n12 + 12 = 24.\n\nThus, the final answer is \\(\\boxed{24}\\).",
+            "24",
+        ),
+        ("#### Answer:\nLet me work it out step by step first.\nThe total is 7 + 5 = 12.", "12"),
     ],
     "answers that are not numbers": [
         ("The answer is (B).", "(B)"),
@@ -109,6 +115,20 @@ EXTRACTION_CLASSES = {
 )  # fmt: skip
 def test_extraction_classes(text: str, expected: str) -> None:
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Adding them up:\n\\[2740 + 180 = 3040\\]\n\\[3040 + 200", None),  # cut mid-formula: no answer
+        ("So far 5 + 7 = 12, then 12 * 3 =", None),
+        ("#### Answer: 36\n\nTo double-check, 6 * 6 = 3", "36"),  # marked before the cut: it counts
+        ("The total is \\(\\boxed{18}\\). Checking: 9 + 9 = 1", "18"),
+    ],
+)
+def test_a_chain_cut_off_at_max_tokens_gives_only_a_marked_answer(text: str, expected: str | None) -> None:
+    assert extract_answer(text, finished=False) == expected
+    assert extract_answer(text) is not None  # finished, the same text has a last number
 
 
 def test_keys_for_answers_that_are_not_numbers_vote_together() -> None:
