@@ -36,7 +36,7 @@ _INTRO = re.compile(
 _INTERJECTION = re.compile(r"^(?:sure|certainly|of course|absolutely|okay|ok|alright|great)\s*[!.,]+\s*", re.I)
 _LABEL = re.compile(
     r"^(?:#+\s*)?(?:the\s+|a\s+)?(?:(?:unique|new|creative|diverse|high[- ]school)\s+)*(?:math(?:ematics)?\s+)?"
-    r"(?:word\s+)?(?:problem|question)(?:\s*(?:#\s*)?\d+)?(?:\s+(?:is|in question))?\s*[:.\-–]\s*",
+    r"(?:word\s+)?(?:problem|question)(?:\s*(?:#\s*)?\d+)?(?:\s+(?:is|in question))?(?:\s*[:.\-–]\s*|\s+(?=[\"“]))",
     re.IGNORECASE,
 )
 # Where the problem ends and a solution, an answer or a sign-off begins.
@@ -45,7 +45,8 @@ _EPILOGUE = re.compile(
     r"(?:step-by-step\s+)?(?:solution|answer|final answer|hint|explanation|step 1|answer choices)\b\s*\W{0,4}[:\-]"
     r"|####"
     r"|(?:i hope|let me know|feel free|good luck|enjoy|have fun)\b"
-    r"|this problem (?:requires|tests|involves|combines|is a)\b"
+    r"|this problem (?:requires|tests|involves|combines|is a|has|can be)\b"
+    r"|the (?:final )?answer (?:to (?:this|the) (?:problem|question) )?(?:is|would be|will be)\b"
     r")",
     re.IGNORECASE,
 )

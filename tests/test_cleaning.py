@@ -172,6 +172,32 @@ def test_a_problem_that_opens_like_a_solution_but_asks_is_kept(raw: str) -> None
     assert clean_question(raw).question == raw
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [  # Qwen2.5-Coder-0.5B bait samples: the question, then its own (often wrong) answer or a verdict on it
+        (
+            'The problem is "What is the sum of all the squares of even numbers between 1 and 100?"\n\nThe answer '
+            "to this problem is \\(2^4 + 4^4 + 6^4 = 3824\\).",
+            "What is the sum of all the squares of even numbers between 1 and 100?",
+        ),
+        (
+            '"Find the smallest prime number greater than 7."\n\nThis problem has no solution, as 7 is the smallest.',
+            "Find the smallest prime number greater than 7.",
+        ),
+        (
+            "A shop sells 3 pens for $2. How much do 12 pens cost? The answer is $8.",
+            "A shop sells 3 pens for $2. How much do 12 pens cost?",
+        ),
+        (  # "the answer" inside the problem is the problem's own
+            "Tom has 5 apples. The answer he gives his friend is 3 apples. How many apples does he keep?",
+            "Tom has 5 apples. The answer he gives his friend is 3 apples. How many apples does he keep?",
+        ),
+    ],
+)
+def test_an_answer_or_verdict_after_the_question_goes(raw: str, expected: str) -> None:
+    assert clean_question(raw).question == expected
+
+
 def test_questions_and_instructions_ask() -> None:
     assert (
         asks("Find the area of a 3 by 4 rectangle.") and asks("Is 7 prime?") and asks("How many legs do 3 cats have")
