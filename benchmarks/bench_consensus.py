@@ -66,15 +66,10 @@ def answer_all(rows: list[dict], args: argparse.Namespace) -> tuple[list[list[st
     return chains, truncated
 
 
-def report(
-    rows: list[dict], chains: list[list[str | None]], k: int, truncated: list[list[bool]] | None = None
-) -> dict:
-    """The figures; a chain cut off at max tokens reads only a marked answer, as the consensus step does."""
+def report(rows: list[dict], chains: list[list[str | None]], k: int) -> dict:
+    """The figures, with answers read and voted as the consensus step does."""
     gold = [gold_key(row) for row in rows]
-    cut = truncated or [[False] * len(cs) for cs in chains]
-    keys = [
-        [normalize_answer(extract_answer(c, finished=not t)) for c, t in zip(cs, ts)] for cs, ts in zip(chains, cut)
-    ]
+    keys = [[normalize_answer(extract_answer(c)) for c in cs] for cs in chains]
     samples = [key == g for ks, g in zip(keys, gold) for key in ks]
     out: dict = {"n": len(rows), "k": k, "single_sample": _acc(sum(samples), len(samples))}
     for m in sorted({3, k}):
@@ -139,7 +134,7 @@ def main() -> None:
     start = time.perf_counter()
     chains, truncated = answer_all(rows, args)
     result = {"model": args.model, "temperature": args.temperature, "max_tokens": args.max_tokens} | report(
-        rows, chains, args.k, truncated
+        rows, chains, args.k
     )
     result["wall_s"] = round(time.perf_counter() - start, 1)
     result["empty_samples"] = sum(1 for cs in chains for c in cs if not c)

@@ -121,22 +121,21 @@ def _answer_like(value: str) -> bool:
     return bool(_NUMBER_RE.search(value) or "\\" in value or _choice(value) or len(value.split()) <= 3)
 
 
-def extract_answer(text: str | None, *, finished: bool = True) -> str | None:
+def extract_answer(text: str | None) -> str | None:
     """The final answer as written.
 
     In order: the last ``####`` marker that is not a heading (``#### Answer: 12``, ``#### 12``); the last
     ``\\boxed{}``; the last ``Answer:`` label at the start of a line; the last "the answer is" / "final answer:"
     with a number or an option letter after it; a math span that ends the text; the last number. After a marker,
     arithmetic counts by its result (the right of the last "="). Mentions of the marker itself, as in an echoed
-    instruction, are ignored. A chain that was cut off (``finished=False``, it hit max tokens) gives only a
-    marked answer: its last number or formula is wherever the cut fell, not an answer.
+    instruction, are ignored; so is a marker whose value is a sentence.
     """
     if not text:
         return None
     text = _QUOTED_MARKER.sub(" ", text.replace("\r\n", "\n").replace("**", ""))
     answer = _last_marked(text, _HASHES, need="not_heading") or _boxed(text)
     answer = answer or _last_marked(text, _LABEL, need="any") or _last_marked(text, _PHRASES, need="number")
-    if answer or not finished:
+    if answer:
         return answer
     math = _TRAILING_MATH.search(text.rstrip())
     if math:

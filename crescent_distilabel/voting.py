@@ -93,12 +93,8 @@ def majority_vote(
     return Vote(True, None, answer, winner, counts, agreement, k)
 
 
-def vote_on_chains(
-    chains: Sequence[str | None], truncated: Sequence[bool] | None = None, **policy: object
-) -> tuple[Vote, list[str | None]]:
-    """Extract, normalise and vote on k answer chains; also returns each chain's extracted answer. A chain cut off
-    at max tokens (``truncated``) votes only with an answer it marked before the cut."""
-    cut = list(truncated) if truncated is not None else [False] * len(chains)
-    extracted = [extract_answer(chain, finished=not c) for chain, c in zip(chains, cut)]
+def vote_on_chains(chains: Sequence[str | None], **policy: object) -> tuple[Vote, list[str | None]]:
+    """Extract, normalise and vote on k answer chains; also returns each chain's extracted answer."""
+    extracted = [extract_answer(chain) for chain in chains]
     keys = [normalize_answer(answer) for answer in extracted]
     return majority_vote(keys, **policy), extracted  # type: ignore[arg-type]

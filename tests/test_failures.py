@@ -110,7 +110,7 @@ def test_a_step_that_exits_or_aborts_ends_the_run_incomplete_and_the_rerun_compl
 class BrokenConsensus(Consensus):
     """A consensus step whose own code fails (a bug, not a backend failure)."""
 
-    def vote(self, chains, truncated=None):  # type: ignore[no-untyped-def]
+    def vote(self, chains):  # type: ignore[no-untyped-def]
         raise KeyError("a bug in the vote")
 
 

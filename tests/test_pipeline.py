@@ -151,8 +151,8 @@ def test_a_variant_embedding_model_and_consensus_step_can_be_passed_in(tmp_path:
     from crescent_distilabel.steps import Consensus
 
     class AlwaysFirst(Consensus):
-        def vote(self, chains, truncated=None):
-            return super().vote(chains[:1], truncated and truncated[:1])
+        def vote(self, chains):
+            return super().vote(chains[:1])
 
     embeddings = SentenceEmbeddings(batch_size=1)
     pipeline = build_pipeline(

@@ -71,18 +71,6 @@ def test_equal_values_written_differently_vote_together() -> None:
     assert extracted == ["1,200", "1200", "1200"]
 
 
-def test_a_chain_cut_off_at_max_tokens_abstains_unless_it_marked_an_answer() -> None:
-    chains = [
-        "3 + 4 = 7\n#### Answer: 7",
-        "First 3 + 4 = 7, and then 7 * 2 = 14, so",
-        "#### Answer: 7\nCheck: 7 - 4 = 3",
-    ]
-    vote, extracted = vote_on_chains(chains, truncated=[False, True, True])
-    assert extracted == ["7", None, "7"] and vote.kept and vote.answer == "7" and vote.counts == {"7": 2}
-    unaware, _ = vote_on_chains(chains)  # read as finished, the cut chain's last number votes
-    assert unaware.counts == {"7": 2, "14": 1}
-
-
 def test_the_consensus_benchmark_scores_votes_against_gold() -> None:
     """benchmarks/bench_consensus.py's figures on a scripted case whose right numbers are known."""
     import sys

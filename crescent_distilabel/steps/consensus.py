@@ -158,11 +158,10 @@ class Consensus(Task):
     def format_output(self, output: str | None, input: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: A002
         return {"answer": output}
 
-    def vote(self, chains: list[str | None], truncated: list[bool] | None = None) -> tuple[Vote, list[str | None]]:
+    def vote(self, chains: list[str | None]) -> tuple[Vote, list[str | None]]:
         """One question's vote and each chain's extracted answer; a subclass may vote otherwise."""
         return vote_on_chains(
             chains,
-            truncated,
             min_agreement=self.min_agreement,
             tie_policy=self.tie_policy,
             no_answer_policy=self.no_answer_policy,
@@ -237,7 +236,7 @@ class Consensus(Task):
             if rejected:
                 rows[i]["drop_reason"] = "answer_rejected"
                 continue
-            vote, extracted = self.vote(chains, truncated)
+            vote, extracted = self.vote(chains)
             row = rows[i]
             row.update(
                 chains=chains,
