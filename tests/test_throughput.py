@@ -64,6 +64,31 @@ def test_a_store_from_before_start_times_is_upgraded_in_place(tmp_path: Path) ->
     store.close()
 
 
+def _open_store_at_barrier(path: Path, barrier) -> None:
+    barrier.wait()
+    ProgressStore(path).close()
+
+
+def test_step_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """The pipeline's step processes open the run's store together; before the creation and the column
+    upgrade ran under one write lock, two of them added the same column (a CI failure) or lost the WAL switch."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for trial in range(5):
+        path = tmp_path / str(trial) / "progress.sqlite"
+        barrier = context.Barrier(6)
+        procs = [context.Process(target=_open_store_at_barrier, args=(path, barrier)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        assert [proc.exitcode for proc in procs] == [0] * 6
+        store = ProgressStore(path)
+        assert store._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        store.close()
+
+
 @pytest.mark.parametrize(
     ("models", "expected"),
     [
