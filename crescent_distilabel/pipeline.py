@@ -434,6 +434,8 @@ def run_recipe(
         "show_progress": show_progress,
         "verbose": verbose,
     }
+    if question_llm is None and (plan := engine_plan_error(recipe, visible_gpus())):  # before any process starts
+        raise BackendError(plan)
     if not recipe.ray.enabled and (module := fork_unsafe()):
         logger.info(f"{module} is loaded in this process, so the run goes on in a fresh process (see fork_unsafe)")
         return _in_fresh_process(recipe, kwargs)
@@ -515,8 +517,6 @@ def _run(
 ) -> RunResult:
     output_dir = Path(recipe.output_dir)
     db_path = progress_path(output_dir)
-    if question_llm is None and (plan := engine_plan_error(recipe, visible_gpus())):
-        raise BackendError(plan)
     parts = {
         "question_llm": question_llm,
         "answer_llm": answer_llm,
@@ -633,6 +633,9 @@ def _execute(
             try:
                 raw = pipeline.run(use_cache=False)
             except RuntimeError as err:  # distilabel: "Failed to load all the steps"
+                import distilabel.pipeline.local as local
+
+                local.stop_logging()  # distilabel raises before it stops its log listener
                 if watchdog.death is None:
                     cause = err.__cause__ or err
                     log = _newest(output_dir, "pipeline.log")

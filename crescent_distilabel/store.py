@@ -64,6 +64,16 @@ def text_key(model: str, text: str) -> str:
     return hashlib.sha256(json.dumps([model, text], ensure_ascii=False).encode()).hexdigest()
 
 
+class _Detached:
+    """The connection of a store copied to another process: none; any use says so."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"a copy of the progress store {self.path} sent to another process; open it there")
+
+
 class ProgressStore:
     """One run's durable progress (``<output_dir>/.crescent/progress.sqlite``).
 
@@ -109,6 +119,15 @@ class ProgressStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Only the path travels: distilabel pickles a step that failed (with its store) into the error it sends
+        to the main process, and an unpicklable connection there lost the error and hung the run."""
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self._db = _Detached(self.path)  # type: ignore[assignment]
 
     def _select(self, sql: str, keys: Sequence[str]) -> list[tuple]:
         rows: list[tuple] = []

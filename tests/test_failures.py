@@ -23,6 +23,8 @@ from crescent_distilabel.pipeline import progress_path
 from crescent_distilabel.steps import Consensus
 from crescent_distilabel.store import ProgressStore
 
+REPO = Path(__file__).resolve().parents[1]
+
 APPLES = "Tom has 3 apples and buys 5 more. How many apples does Tom have now?"
 TRAIN = "A train travels 60 km per hour for 3 hours. How far does it travel?"
 AREA = "A rectangle is 8 cm long and 5 cm wide. What is its area?"
@@ -105,6 +107,40 @@ def test_a_step_that_exits_or_aborts_ends_the_run_incomplete_and_the_rerun_compl
     second = run_recipe(fake_recipe(out), question_llm=bait, answer_llm=FakeLLM(rules=ANSWERS))
     assert second.complete and second.resumed and second.summary.kept == 3
     assert {r["final_answer"] for r in dataset(out)["default"]} == {"8", "180", "40"}
+
+
+def test_a_model_file_that_cannot_load_is_a_clear_error_within_seconds(tmp_path: Path) -> None:
+    """The real llama.cpp backend fails to load a corrupt GGUF inside its step process. distilabel sends the
+    failed step back with its error; our step's open progress store did not pickle, the error was lost and the
+    run hung for good. Now: exit 1 with the loader's message, nothing written but the run's own files."""
+    import sys
+
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(1 << 16))
+    out = tmp_path / "run"
+    recipe = REPO / "recipes" / "SmolLM2-135M-Instruct" / "generate" / "config_cpu.yaml"
+    args = [sys.executable, "-m", "crescent_distilabel.cli", "generate", str(recipe), "--set", f"output_dir={out}"]
+    start = time.monotonic()
+    done = subprocess.run([*args, "--set", f"question_model.model={bad}"], capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - start < 60
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "a step could not load" in done.stderr and str(bad) in done.stderr
+    assert "nothing was generated" in done.stderr
+    assert "Traceback" not in done.stderr  # not even distilabel's log listener dying at exit
+    assert progress_path(out).exists()  # the run got as far as its store, and wrote no generation in it
+    assert count_rows(progress_path(out), "SELECT COUNT(*) FROM generations WHERE created > ?") == 0
+
+
+def test_a_store_sent_to_another_process_carries_only_its_path(tmp_path: Path) -> None:
+    import pickle
+
+    store = ProgressStore(tmp_path / "p.sqlite")
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.path == store.path
+    with pytest.raises(RuntimeError, match="sent to another process"):
+        copy.count_generations()
+    assert store.count_generations() == 0  # the original is untouched
+    store.close()
 
 
 class BrokenConsensus(Consensus):
