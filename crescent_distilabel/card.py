@@ -20,6 +20,9 @@ def agreement_histogram(agreements: list[float | None]) -> dict[str, int]:
 CONFIG_DESCRIPTIONS = {
     "default": "the kept question-answer pairs; `messages` is the SFT view (user question, assistant chain), "
     "`prompt`/`completion` the same turns for `trl sft` (loss on the answer only).",
+    "preference": "DPO pairs from the kept questions whose vote was not unanimous: `chosen` a chain with the "
+    "winning answer, `rejected` one with a losing answer (or none), in TRL's conversational preference format; "
+    "`margin` is the difference in votes. Chains cut off at max tokens are never used.",
     "dropped": "every other sample, with its `drop_reason` (the intermediate stages: raw and original questions, "
     "rewrites, all k chains and votes).",
     "reviewed": "the kept pairs after human review in Argilla: rejected ones removed, corrections applied, "

@@ -263,12 +263,16 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser(
         "train",
-        help="fine-tune with TRL from an sft recipe; other flags go to TRL (e.g. --max_steps 10)",
-        description="Any flag not listed here is a TRL SFT flag (the same as `trl sft`), e.g. --max_steps 10.",
+        help="fine-tune with TRL from an sft or dpo recipe; other flags go to TRL (e.g. --max_steps 10)",
+        description="Any flag not listed here is a TRL flag (the same as `trl sft` / `trl dpo`), e.g. --max_steps "
+        "10. The recipe's folder (sft/ or dpo/) says which trainer; --method overrides it.",
     )
-    tr.add_argument("--config", required=True, help="recipes/<Model>/sft/config_<variant>.yaml")
+    tr.add_argument("--config", required=True, help="recipes/<Model>/{sft,dpo}/config_<variant>.yaml")
+    tr.add_argument("--method", choices=["sft", "dpo"], help="default: the recipe's folder name (sft, dpo)")
     tr.add_argument("--dataset", help="train on this run directory or Hub dataset repo instead of the recipe's")
-    tr.add_argument("--dataset-config", default="default", help="with --dataset: the config (default, reviewed)")
+    tr.add_argument(
+        "--dataset-config", help="with --dataset: the config (default: 'default' for sft, 'preference' for dpo)"
+    )
     tr.add_argument("--evaluate", action="store_true", help="benchmark the base and the trained model after")
     tr.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the model (default: the recipe's hub_model_id "
                     "when it sets push_to_hub)")  # fmt: skip
@@ -391,9 +395,9 @@ def _run_training_command(args: argparse.Namespace, rest: list[str]) -> int:
 def _train(args: argparse.Namespace, rest: list[str]) -> int:
     from crescent_distilabel import evaluation
     from crescent_distilabel.hub import publish_model
-    from crescent_distilabel.train import parse_sft_recipe, preflight, train, use_dataset, write_model_card
+    from crescent_distilabel.train import parse_train_recipe, preflight, train, use_dataset, write_model_card
 
-    recipe = parse_sft_recipe(args.config, rest)
+    recipe = parse_train_recipe(args.config, rest, method=args.method)
     if args.dataset:
         use_dataset(recipe, args.dataset, args.dataset_config)
     repo = args.push_to_hub or (recipe.training.hub_model_id if recipe.training.push_to_hub else None)
@@ -409,7 +413,8 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
             return 1
     data = preflight(recipe)
     base = recipe.model.model_name_or_path
-    print(f"crescent: training {base} on {len(data)} pairs -> {recipe.training.output_dir}", file=sys.stderr)
+    what = "preference pairs (DPO)" if recipe.method == "dpo" else "pairs"
+    print(f"crescent: training {base} on {len(data)} {what} -> {recipe.training.output_dir}", file=sys.stderr)
     result = train(recipe, data)
     print(
         f"crescent: {result.steps} steps in {result.runtime_s} s, final train loss {result.train_loss}",

@@ -259,6 +259,10 @@ def decontaminate_run(
         removed = data.select(order).map(lambda row, j: {"drop_reason": reasons[order[j]]}, with_indices=True)
         run.save("contaminated", removed)
         run.save(config, data.select([i for i in range(len(data)) if i not in bad]))
+        if config == "default" and "preference" in run.configs():  # its pairs come from the same questions
+            moved = set(removed["question"])
+            pairs = run.load("preference", in_memory=True)
+            run.save("preference", pairs.filter(lambda q: q not in moved, input_columns="question"))
         report.dropped = True
     run.write_report(DECONTAMINATION, {"config": config, **report.to_dict()})
     run.write_card()

@@ -161,7 +161,7 @@ def publish(
     configs = [
         c
         for c in run.configs()
-        if c == "default"
+        if c in ("default", "preference")
         or (c in ("dropped", "contaminated") and include_dropped)
         or (c in ("reviewed", "review_rejected") and include_reviewed)
     ]

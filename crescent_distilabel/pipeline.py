@@ -2,7 +2,8 @@
 
 Every stage keeps every row; a dropped row carries its ``drop_reason`` to the end. The run then splits the
 rows into the ``default`` config (the kept question-answer pairs, SFT-ready) and the ``dropped`` config
-(everything else, with reasons), so every loss is counted and can be audited.
+(everything else, with reasons), so every loss is counted and can be audited; the ``preference`` config pairs
+winning and losing chains of the kept questions for DPO.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from crescent_distilabel.run_dir import (
     RunDir,
     atomic_write,
     clear_run,
+    preference_config,
     save_config,
 )
 from crescent_distilabel.steps import BaitCalls, BaitPrompting, BaitSampling, Consensus, Diversify
@@ -488,7 +490,8 @@ def _load_distiset(output_dir: Path, paths: tuple[Any, Any]) -> Distiset:
     from distilabel.distiset import Distiset
 
     run = RunDir(output_dir)
-    distiset = Distiset({name: DatasetDict(train=run.load(name)) for name in ("default", "dropped")})
+    names = [name for name in ("default", "dropped", "preference") if name in run.configs()]
+    distiset = Distiset({name: DatasetDict(train=run.load(name)) for name in names})
     distiset.pipeline_path, distiset.log_filename_path = paths
     return distiset
 
@@ -689,7 +692,12 @@ def _write_run(
             f"the run stopped early ({why}). Everything finished so far is saved in {output_dir}; "
             "re-run the same command to continue."
         )
-    distiset = Distiset({"default": DatasetDict(train=kept), "dropped": DatasetDict(train=dropped)})
+    configs = {"default": kept, "dropped": dropped}
+    if recipe.preference.enabled:
+        configs["preference"] = preference_config(kept, recipe.preference)
+    else:  # a pass with it enabled may have written one
+        shutil.rmtree(output_dir / "preference", ignore_errors=True)
+    distiset = Distiset({name: DatasetDict(train=data) for name, data in configs.items()})
     if raw is not None:
         pipeline_path, log_path = raw.pipeline_path, raw.log_filename_path
     else:  # stopped before distilabel made a Distiset

@@ -138,6 +138,21 @@ class ConsensusConfig(_Section):
         return value
 
 
+class PreferenceConfig(_Section):
+    """The ``preference`` config: DPO pairs from the vote's losers (see :mod:`crescent_distilabel.preference`).
+
+    Built from the kept rows each time a run is written, so changing these settings and re-running the same
+    recipe rebuilds the pairs without a single new generation (not part of the fingerprint). At k = 3 every
+    pair has the same 2-1 margin; ``min_margin`` and margin weighting need k >= 4.
+    """
+
+    enabled: bool = True
+    pairs_per_question: PositiveInt = Field(1, description="pairs per non-unanimous kept question, widest first")
+    min_margin: PositiveInt = Field(1, description="votes of the chosen answer minus the rejected one's")
+    reject_no_answer: bool = Field(True, description="a chain without a readable answer may be rejected")
+    reject_truncated: bool = Field(False, description="a chain cut off at max tokens may be rejected")
+
+
 class PublishConfig(_Section):
     """After a complete run: publish to the Hub and/or push for review in Argilla (never changes results).
 
@@ -223,6 +238,7 @@ class Recipe(_Section):
     bait: BaitConfig = Field(default_factory=BaitConfig)
     diversify: DiversifyConfig = Field(default_factory=DiversifyConfig)
     consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -285,7 +301,8 @@ _OPERATIONAL_MODEL_KEYS = {
 def _operational(key: str) -> bool:
     """Settings that say where results go or how a model is reached, not what the results are."""
     section, _, name = key.partition(".")
-    if key in _OPERATIONAL or section in ("publish", "ray"):  # ray: a run may resume locally or on Ray
+    # ray: a run may resume locally or on Ray; preference: pairs are rebuilt from the kept rows at every write
+    if key in _OPERATIONAL or section in ("publish", "ray", "preference"):
         return True
     return section in ("question_model", "answer_model") and name in _OPERATIONAL_MODEL_KEYS
 

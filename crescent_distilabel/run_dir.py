@@ -1,7 +1,7 @@
 """A finished run's output directory, read and extended by publishing, reviewing and training.
 
 Layout (written by :func:`crescent_distilabel.pipeline.run_recipe`): one ``save_to_disk`` DatasetDict per
-config (``default``, ``dropped``; ``reviewed`` and ``review_rejected`` after ``crescent review pull``),
+config (``default``, ``dropped``, ``preference``; ``reviewed`` and ``review_rejected`` after ``crescent review pull``),
 ``distiset_configs/pipeline.yaml``, ``README.md`` (the card), ``recipe.yaml``, ``crescent_run.json``, and
 optional JSON reports (``review_report.json``, ``decontamination.json``) that the card shows.
 """
@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crescent_distilabel.card import dataset_card, models_in
-from crescent_distilabel.recipe import Recipe
+from crescent_distilabel.preference import PairPolicy, preference_pairs
+from crescent_distilabel.recipe import PreferenceConfig, Recipe
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
 RUN_FILE = "crescent_run.json"
 STATE_DIR = ".crescent"
-CONFIG_ORDER = ("default", "dropped", "reviewed", "review_rejected", "contaminated")
+CONFIG_ORDER = ("default", "preference", "dropped", "reviewed", "review_rejected", "contaminated")
 REVIEW_REPORT = "review_report.json"
 DECONTAMINATION = "decontamination.json"
 DIVERSITY = "question_diversity.json"  # benchmarks/bench_questions.py --save
@@ -123,6 +124,28 @@ def save_config(output_dir: Path, name: str, dataset: Dataset) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     DatasetDict(train=dataset).save_to_disk(str(tmp), num_shards={"train": 1} if len(dataset) == 0 else None)
     replace_dir(tmp, output_dir / name)
+
+
+def preference_config(kept: Dataset, cfg: PreferenceConfig) -> Dataset:
+    """The ``preference`` config of a run's kept rows, with a fixed schema so an empty one loads too."""
+    from datasets import Dataset, Features, Value
+
+    turn = [{"role": Value("string"), "content": Value("string")}]
+    features = Features(
+        prompt=turn,
+        chosen=turn,
+        rejected=turn,
+        question=Value("string"),
+        chosen_answer=Value("string"),
+        rejected_answer=Value("string"),
+        margin=Value("int64"),
+        k=Value("int64"),
+        agreement=Value("float64"),
+        answer_model=Value("string"),
+    )
+    policy = PairPolicy(cfg.pairs_per_question, cfg.min_margin, cfg.reject_no_answer, cfg.reject_truncated)
+    pairs = preference_pairs(kept, policy) if len(kept) else []
+    return Dataset.from_dict({name: [pair[name] for pair in pairs] for name in features}, features=features)
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""Supervised fine-tuning with TRL, behind one module.
+"""Fine-tuning with TRL (SFT on the kept pairs, DPO on the preference pairs), behind one module.
 
-A training recipe is a TRL ``sft`` config file (``recipes/<Model>/sft/config_<variant>.yaml``): the same
-dataclasses as ``trl sft --config`` (``ScriptArguments``, ``SFTConfig``, ``ModelConfig``,
-``DatasetMixtureConfig``), parsed by TRL's own parser, so a recipe runs unchanged with either command. What
+A training recipe is a TRL config file (``recipes/<Model>/sft/config_<variant>.yaml`` or ``.../dpo/...``): the
+same dataclasses as ``trl sft --config`` / ``trl dpo --config`` (``ScriptArguments``, ``SFTConfig`` or
+``DPOConfig``, ``ModelConfig``, ``DatasetMixtureConfig``), parsed by TRL's own parser, so a recipe runs
+unchanged with either command; the folder (``sft``, ``dpo``) says which trainer. What
 ``crescent train`` adds: checks that fail in seconds instead of after loading a model (dataset columns, model
 existence, GPU-only options on a CPU machine), CRESCENT data from a run directory or a Hub repo with the
 ``messages`` view converted when ``prompt``/``completion`` are missing, a merged copy of LoRA models for
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 SFT_COLUMNS = ("prompt", "completion")
+DPO_COLUMNS = ("prompt", "chosen", "rejected")
+METHODS = ("sft", "dpo")
+DEFAULT_CONFIG = {"sft": "default", "dpo": "preference"}
+"""The CRESCENT dataset config each method trains on."""
 MERGED_DIR = "merged"
 TRAIN_RECORD = "crescent_train.json"
 
@@ -30,33 +35,50 @@ class TrainError(ValueError):
 
 
 @dataclass
-class SFTRecipe:
-    """A parsed training recipe: TRL's four argument dataclasses, and the file they came from."""
+class TrainRecipe:
+    """A parsed training recipe: TRL's four argument dataclasses, the file they came from, and the method."""
 
     path: str | None
     script: Any  # trl.ScriptArguments
-    training: Any  # trl.SFTConfig
+    training: Any  # trl.SFTConfig or trl.DPOConfig
     model: Any  # trl.ModelConfig
     data: Any  # trl.DatasetMixtureConfig
     base_label: str | None = None  # the model as the user named it (before ``smollm2`` became a local path)
+    method: str = "sft"
 
 
-def _parser():  # returns trl.TrlParser, imported lazily (TRL is an optional extra)
+SFTRecipe = TrainRecipe  # the name before DPO recipes existed
+
+
+def method_of(path: str | Path) -> str:
+    """The trainer a recipe is for, from its folder in the open-r1 layout (``.../dpo/config_x.yaml``); sft
+    otherwise."""
+    folder = Path(path).parent.name
+    return folder if folder in METHODS else "sft"
+
+
+def _parser(method: str = "sft"):  # returns trl.TrlParser, imported lazily (TRL is an optional extra)
     try:
-        from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
+        from trl import DatasetMixtureConfig, DPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
     except ImportError:
         raise TrainError("training needs TRL: pip install 'crescent-distilabel[train]'") from None
-    return TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig))
+    return TrlParser((ScriptArguments, DPOConfig if method == "dpo" else SFTConfig, ModelConfig, DatasetMixtureConfig))
 
 
-def parse_sft_recipe(
-    path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, hardware_check: bool = True
-) -> SFTRecipe:
-    """Parse a recipe exactly as ``trl sft --config path [overrides]`` would, but reject unknown keys.
+def parse_train_recipe(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    method: str | None = None,
+    hardware_check: bool = True,
+) -> TrainRecipe:
+    """Parse a recipe exactly as ``trl sft --config path [overrides]`` (or ``trl dpo``) would, but reject
+    unknown keys.
 
     Args:
         path: the YAML recipe.
         overrides: TRL command-line flags, e.g. ``["--max_steps", "3"]``.
+        method: ``sft`` or ``dpo``; default: from the recipe's folder (:func:`method_of`).
         hardware_check: False validates a GPU recipe on a CPU machine (adds ``--use_cpu true``, which
             transformers requires before it accepts ``bf16`` without a GPU); keys and values are still checked.
     """
@@ -65,7 +87,10 @@ def parse_sft_recipe(
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"training recipe {path} does not exist")
-    parser = _parser()
+    method = method or method_of(path)
+    if method not in METHODS:
+        raise TrainError(f"unknown training method {method!r}: use one of {', '.join(METHODS)}")
+    parser = _parser(method)
     extra = [] if hardware_check or torch.cuda.is_available() else ["--use_cpu", "true"]
     try:
         script, training, model, data = parser.parse_args_and_config(
@@ -80,10 +105,17 @@ def parse_sft_recipe(
                 "(and --fp16 false), or use the CPU recipe recipes/SmolLM2-135M-Instruct/sft/config_cpu.yaml"
             ) from None
         raise TrainError(f"{path}: {err}") from None
-    return SFTRecipe(str(path), script, training, model, data)
+    return TrainRecipe(str(path), script, training, model, data, method=method)
 
 
-def gpu_only_settings(recipe: SFTRecipe) -> list[str]:
+def parse_sft_recipe(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, hardware_check: bool = True
+) -> TrainRecipe:
+    """:func:`parse_train_recipe` for an SFT recipe, wherever it lives."""
+    return parse_train_recipe(path, overrides, method="sft", hardware_check=hardware_check)
+
+
+def gpu_only_settings(recipe: TrainRecipe) -> list[str]:
     """Settings in the recipe that need a CUDA GPU (checked only when none is present)."""
     t, m = recipe.training, recipe.model
     found = []
@@ -140,6 +172,17 @@ def to_prompt_completion(dataset: Dataset, source: str) -> Dataset:
     )
 
 
+def to_preference(dataset: Dataset, source: str) -> Dataset:
+    """The ``prompt``/``chosen``/``rejected`` columns DPO trains on, as CRESCENT's ``preference`` config has."""
+    missing = [c for c in DPO_COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise TrainError(
+            f"dataset {source} has columns {sorted(dataset.column_names)}; DPO needs {', '.join(DPO_COLUMNS)} "
+            "(a CRESCENT run's 'preference' config has them)"
+        )
+    return dataset.select_columns(list(DPO_COLUMNS))
+
+
 def _load_one(path: str, name: str | None, split: str, **kwargs: Any) -> Dataset:
     from crescent_distilabel.run_dir import RUN_FILE, RunDir
 
@@ -153,37 +196,44 @@ def _load_one(path: str, name: str | None, split: str, **kwargs: Any) -> Dataset
         raise TrainError(f"cannot load dataset {path!r} (config {name}, split {split}): {err}") from None
 
 
-def use_dataset(recipe: SFTRecipe, path: str, config: str | None = "default") -> None:
-    """Train on this dataset (a run directory or a Hub repo id) instead of the one the recipe names."""
+def use_dataset(recipe: TrainRecipe, path: str, config: str | None = None) -> None:
+    """Train on this dataset (a run directory or a Hub repo id) instead of the one the recipe names; the config
+    defaults to the method's (``default`` for SFT, ``preference`` for DPO)."""
     from trl.scripts.utils import DatasetConfig
 
-    recipe.data.datasets = [DatasetConfig(path=path, name=config, columns=list(SFT_COLUMNS))]
+    columns = list(DPO_COLUMNS if recipe.method == "dpo" else SFT_COLUMNS)
+    name = config or DEFAULT_CONFIG[recipe.method]
+    recipe.data.datasets = [DatasetConfig(path=path, name=name, columns=columns)]
     recipe.script.dataset_name = None
 
 
-def load_training_data(recipe: SFTRecipe) -> Dataset:
+def load_training_data(recipe: TrainRecipe) -> Dataset:
     """The training rows: the recipe's ``datasets`` mixture or ``dataset_name``, as prompt/completion pairs."""
     from datasets import concatenate_datasets
 
     specs = recipe.data.datasets or []
+    columns = to_preference if recipe.method == "dpo" else to_prompt_completion
     parts = []
     if specs:
         for spec in specs:
             ds = _load_one(spec.path, spec.name, spec.split, data_dir=spec.data_dir, data_files=spec.data_files)
-            parts.append(to_prompt_completion(ds, spec.path))
+            parts.append(columns(ds, spec.path))
     elif recipe.script.dataset_name:
         s = recipe.script
         ds = _load_one(s.dataset_name, s.dataset_config, s.dataset_train_split)
-        parts.append(to_prompt_completion(ds, s.dataset_name))
+        parts.append(columns(ds, s.dataset_name))
     else:
         raise TrainError("the recipe names no dataset: set dataset_name, or a datasets: list")
     data = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if len(data) == 0:
-        raise TrainError("the training data is empty (no kept pairs?)")
+        what = "no kept pairs?"
+        if recipe.method == "dpo":
+            what = "no preference pairs: was every kept vote unanimous? a larger k gives more"
+        raise TrainError(f"the training data is empty ({what})")
     return data
 
 
-def check_recipe(recipe: SFTRecipe, cuda: bool | None = None) -> None:
+def check_recipe(recipe: TrainRecipe, cuda: bool | None = None) -> None:
     """GPU-only settings on a machine without one, and the model's existence (``smollm2`` resolved here)."""
     import torch
 
@@ -205,7 +255,7 @@ def check_recipe(recipe: SFTRecipe, cuda: bool | None = None) -> None:
     check_model(recipe.model.model_name_or_path)
 
 
-def preflight(recipe: SFTRecipe, cuda: bool | None = None) -> Dataset:
+def preflight(recipe: TrainRecipe, cuda: bool | None = None) -> Dataset:
     """Every check that can fail, before a model is loaded: GPU-only settings, the model, the data."""
     check_recipe(recipe, cuda)
     return load_training_data(recipe)
@@ -225,23 +275,25 @@ class TrainResult:
     runtime_s: float
     dataset: str
     metrics: dict[str, Any] = field(default_factory=dict)
+    method: str = "sft"
 
     def save(self) -> None:
         Path(self.output_dir, TRAIN_RECORD).write_text(json.dumps(self.__dict__, indent=2) + "\n")
 
 
-def dataset_id(recipe: SFTRecipe) -> str:
+def dataset_id(recipe: TrainRecipe) -> str:
     specs = recipe.data.datasets or []
     return specs[0].path if specs else str(recipe.script.dataset_name)
 
 
-def train(recipe: SFTRecipe, data: Dataset | None = None) -> TrainResult:
-    """Fine-tune as ``trl sft`` does, then save (LoRA: also a merged copy) and write a model card.
+def train(recipe: TrainRecipe, data: Dataset | None = None) -> TrainResult:
+    """Fine-tune as ``trl sft`` (or ``trl dpo``) does, then save (LoRA: also a merged copy) and write a model
+    card. DPO with LoRA needs no second model in memory: the reference is the base with the adapter off.
 
     Pushing is separate (:func:`crescent_distilabel.hub.publish_model`), after evaluation, so the card
     carries the results; ``push_to_hub`` in the recipe is honoured there, not mid-training.
     """
-    from trl import SFTTrainer, get_peft_config, get_quantization_config
+    from trl import DPOTrainer, SFTTrainer, get_peft_config, get_quantization_config
 
     data = preflight(recipe) if data is None else data
     t, m = recipe.training, recipe.model
@@ -250,7 +302,8 @@ def train(recipe: SFTRecipe, data: Dataset | None = None) -> TrainResult:
     if m.attn_implementation:
         init["attn_implementation"] = m.attn_implementation
     t.model_init_kwargs = {**init, **(t.model_init_kwargs or {})}
-    trainer = SFTTrainer(
+    trainer_class = DPOTrainer if recipe.method == "dpo" else SFTTrainer
+    trainer = trainer_class(
         model=m.model_name_or_path,
         args=t,
         train_dataset=data,
@@ -280,6 +333,7 @@ def train(recipe: SFTRecipe, data: Dataset | None = None) -> TrainResult:
         runtime_s=round(float(output.metrics.get("train_runtime", 0.0)), 2),
         dataset=dataset_id(recipe),
         metrics={k: v for k, v in output.metrics.items() if isinstance(v, (int, float))},
+        method=recipe.method,
     )
     result.save()
     write_model_card(result)
@@ -298,13 +352,19 @@ def model_card(result: TrainResult, evaluation: str | None = None, hub_repo: str
     base_meta = f"base_model: {base}\n" if base.count("/") == 1 and not Path(base).exists() else ""
     library = "peft" if result.peft else "transformers"
     loss = "n/a" if result.train_loss is None else f"{result.train_loss:.4f}"
+    how = (
+        "`DPOTrainer` on self-consistency preference pairs (chosen: a chain with the answer the model's vote "
+        "agreed on; rejected: a chain that lost the vote)"
+        if result.method == "dpo"
+        else "`SFTTrainer`, loss on the assistant turn only (prompt/completion data)"
+    )
     return f"""---
 {base_meta}{datasets_meta}library_name: {library}
 tags:
 - crescent
 - self-improvement
 - trl
-- sft
+- {result.method}
 ---
 
 # {hub_repo or Path(result.output_dir).name}
@@ -316,8 +376,8 @@ generated with [crescent-distilabel](https://github.com/crescent-distilabel/cres
 ## Training
 
 {"LoRA (adapter in this repo; merged weights were used for evaluation)" if result.peft else "Full fine-tune"}
-with TRL `SFTTrainer`, loss on the assistant turn only (prompt/completion data), the model's own chat
-template. The exact recipe is `recipe.yaml` in this repo (`trl sft --config recipe.yaml` reruns it).
+with TRL {how}, the model's own chat template. The exact recipe is `recipe.yaml` in this repo
+(`trl {result.method} --config recipe.yaml` reruns it).
 
 | rows | steps | final train loss | runtime |
 |---:|---:|---:|---:|

@@ -21,12 +21,14 @@ class FakeLLM(LLM):
         default: the reply when no rule matches.
         fail_on: prompts containing this raise an error: ``ConnectionError`` (a backend going down mid-run,
             transient) or, with ``refuse=True``, ``ValueError`` (an in-process backend refusing that prompt).
+        cut_marker: replies containing this are reported cut off at max tokens, as real backends flag them.
     """
 
     rules: dict[str, list[str]] = Field(default_factory=dict)
     default: str = ""
     fail_on: str | None = None
     refuse: bool = False
+    cut_marker: str | None = None
     _cursor: dict[str, int] = PrivateAttr(default_factory=dict)
     _prompts: list[str] = PrivateAttr(default_factory=list)
 
@@ -71,6 +73,7 @@ class FakeLLM(LLM):
             outputs.append(
                 {
                     "generations": texts,
+                    "truncated": [bool(self.cut_marker) and self.cut_marker in t for t in texts],
                     "statistics": {
                         "input_tokens": [len(prompt.split())] * num_generations,
                         "output_tokens": [len(t.split()) for t in texts],

@@ -66,6 +66,10 @@ def test_decontaminate_catches_copy_and_paraphrase_moves_them_out_and_reports_on
     rows[1] = {**rows[1], "question": planted}
     rows[4] = {**rows[4], "question": PARAPHRASE}
     run.save("default", kept.from_list(rows, features=kept.features))
+    pairs = run.load("preference", in_memory=True)
+    pair_rows = pairs.to_list()
+    pair_rows[0] = {**pair_rows[0], "question": planted}  # a preference pair of the planted question
+    run.save("preference", pairs.from_list(pair_rows, features=pairs.features))
 
     done = crescent("decontaminate", str(run_copy), "--benchmarks", "gsm8k", "--drop")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -75,6 +79,8 @@ def test_decontaminate_catches_copy_and_paraphrase_moves_them_out_and_reports_on
     assert left.num_rows == 4 and planted not in left["question"] and PARAPHRASE not in left["question"]
     assert sorted(moved["question"]) == sorted([planted, PARAPHRASE])
     assert set(moved["drop_reason"]) == {"contaminated:gsm8k"}
+    left_pairs = load_from_disk(str(run_copy / "preference"))["train"]  # its pairs leave with it
+    assert left_pairs.num_rows == 2 and planted not in left_pairs["question"]
     saved = json.loads((run_copy / "decontamination.json").read_text())
     assert saved["contaminated"] == 2 and saved["checked"] == 6 and saved["by_benchmark"] == {"gsm8k": 2}
     by_question = {m["benchmark_index"]: m for m in saved["matches"]}

@@ -61,14 +61,16 @@ def test_publish_then_load_dataset_gives_the_same_rows_and_card(hub: FakeHub, ru
     assert done.stdout.strip() == f"{hub.url}/datasets/alice/crescent-demo"
 
     public = hub_env(hub, tmp_path, token=None)  # a public dataset: anyone can load it
-    for config in ("default", "dropped"):
+    for config in ("default", "preference", "dropped"):
         assert load_from_hub(public, "alice/crescent-demo", config) == local_rows(run_copy, config)
     kept = load_from_hub(public, "alice/crescent-demo", "default")
     assert len(kept) == 6 and all(row["messages"][0]["content"] == row["question"] for row in kept)
+    pairs = load_from_hub(public, "alice/crescent-demo", "preference")  # the three 2-of-3 votes
+    assert len(pairs) == 3 and all(p["chosen_answer"] != p["rejected_answer"] and p["margin"] == 1 for p in pairs)
 
     card = hub.file("dataset", "alice/crescent-demo", "README.md").decode()
     meta = yaml.safe_load(card.split("---")[1])
-    assert [c["config_name"] for c in meta["configs"]] == ["default", "dropped"]
+    assert [c["config_name"] for c in meta["configs"]] == ["default", "preference", "dropped"]
     assert meta["configs"][0]["data_files"][0]["path"] == "default/train-*.parquet"
     assert "Use your creativity" in card  # the bait prompt, verbatim
     for expected in ("| k | 3 |", "| min_agreement | majority |", "| kept after consensus | 6 |", "| 0.67 | 3 |",
@@ -156,7 +158,7 @@ def test_python_api(hub: FakeHub, run_copy: Path, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["configs"] == ["default"] and result["rows"] == {"default": 6}
+    assert result["configs"] == ["default", "preference"] and result["rows"] == {"default": 6, "preference": 3}
     assert result["commit"] == hub.repos[("dataset", "alice/from-python")].branches["main"]
     assert load_from_hub(env, "alice/from-python", "default") == local_rows(run_copy, "default")
 

@@ -116,6 +116,49 @@ def test_finished_run_is_rewritten_identically_without_llm_calls(tmp_path: Path)
     assert {c: rows(tmp_path, c) for c in ("default", "dropped")} == before
 
 
+def test_preference_pairs_come_from_the_votes_losers_and_follow_their_policy_without_new_calls(
+    tmp_path: Path,
+) -> None:
+    answers = {
+        "apples": ["3 + 5 = 8\n#### Answer: 8", "#### Answer: 9", "5 + 3 = 8\n#### Answer: 8"],  # 2-1: a pair
+        "train": ["60 * 3 = 180\n#### Answer: 180", "#### 180 km", "So 180."],  # unanimous: none
+        # the loser was cut at max tokens: its "answer" 5 is a fragment, so it is never rejected by default
+        "rectangle": ["8 * 5 = 40\n#### Answer: 40", "#### Answer: 40", "The area is 8 times 5 [cut]"],
+    }
+    question_llm = FakeLLM(rules={"creativity": [APPLES, TRAIN, AREA]})
+    sections = {"bait": {"num_calls": 1, "samples_per_call": 3}}
+    result = run_recipe(
+        recipe(tmp_path, **sections),
+        question_llm=question_llm,
+        answer_llm=FakeLLM(rules=answers, cut_marker="[cut]"),
+    )
+    assert result.complete and result.summary.kept == 3
+    kept = {row["question"]: row for row in rows(tmp_path, "default")}
+    assert kept[AREA]["chain_truncated"] == [False, False, True]
+    (pair,) = rows(tmp_path, "preference")
+    assert pair["prompt"] == [{"role": "user", "content": APPLES}]
+    assert pair["chosen"] == [{"role": "assistant", "content": answers["apples"][0]}]
+    assert pair["rejected"] == [{"role": "assistant", "content": "#### Answer: 9"}]
+    assert (pair["chosen_answer"], pair["rejected_answer"], pair["margin"], pair["k"]) == ("8", "9", 1, 3)
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "config_name: preference" in card and "DPO pairs" in card
+
+    failing = FakeLLM(fail_on=" ")  # any call would fail: the pairs are rebuilt from the stored votes
+    run_recipe(
+        recipe(tmp_path, **sections, preference={"reject_truncated": True}),
+        question_llm=failing,
+        answer_llm=failing.model_copy(),
+    )
+    assert [p["rejected_answer"] for p in rows(tmp_path, "preference")] == ["9", "5"]
+    run_recipe(
+        recipe(tmp_path, **sections, preference={"enabled": False}),
+        question_llm=failing,
+        answer_llm=failing.model_copy(),
+    )
+    assert not (tmp_path / "run" / "preference").exists()
+    assert "preference" not in (tmp_path / "run" / "README.md").read_text().split("---")[1]
+
+
 def test_changed_settings_are_refused_by_name(tmp_path: Path) -> None:
     from crescent_distilabel.pipeline import RecipeChangedError
 

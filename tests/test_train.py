@@ -15,6 +15,7 @@ from crescent_distilabel.train import (
     gpu_only_settings,
     load_training_data,
     parse_sft_recipe,
+    parse_train_recipe,
     preflight,
     to_prompt_completion,
 )
@@ -22,6 +23,8 @@ from crescent_distilabel.train import (
 ROOT = Path(__file__).resolve().parents[1]
 SFT_RECIPES = sorted(ROOT.glob("recipes/*/sft/*.yaml"))
 CPU_LORA = ROOT / "recipes/SmolLM2-135M-Instruct/sft/config_cpu_lora.yaml"
+DPO_RECIPES = sorted(ROOT.glob("recipes/*/dpo/*.yaml"))
+DPO_CPU = ROOT / "recipes/SmolLM2-135M-Instruct/dpo/config_cpu_lora.yaml"
 
 
 def test_recipes_exist_in_the_open_r1_layout():
@@ -58,6 +61,55 @@ def test_trl_own_cli_accepts_the_cpu_recipe():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--completion_only_loss" in done.stdout
+
+
+@pytest.mark.parametrize("path", DPO_RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
+def test_every_dpo_recipe_parses_as_trl_dpo_reads_it(path):
+    recipe = parse_train_recipe(path, hardware_check=False)
+    assert recipe.method == "dpo" and type(recipe.training).__name__ == "DPOConfig"
+    assert recipe.data.datasets[0].name == "preference"
+    assert recipe.data.datasets[0].columns == ["prompt", "chosen", "rejected"]
+    assert recipe.training.beta == 0.1 and recipe.training.loss_type == ["sigmoid"] and recipe.model.use_peft
+    with pytest.raises(TrainError, match="beta"):  # an SFT parser does not know DPO's keys
+        parse_train_recipe(path, method="sft", hardware_check=False)
+
+
+def test_the_dpo_recipes_cover_cpu_and_gpu_and_trl_dpo_accepts_the_cpu_one():
+    names = {p.relative_to(ROOT / "recipes").as_posix() for p in DPO_RECIPES}
+    assert {"SmolLM2-135M-Instruct/dpo/config_cpu_lora.yaml", "Llama-3-8B-Instruct/dpo/config_lora.yaml"} <= names
+    done = subprocess.run(
+        [sys.executable, "-m", "trl.scripts.dpo", "--config", str(DPO_CPU), "--help"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--beta" in done.stdout
+
+
+def test_dpo_data_comes_from_the_preference_config_and_an_empty_one_says_why(run_copy, tmp_path):
+    from datasets import load_from_disk
+
+    from crescent_distilabel.train import use_dataset
+
+    recipe = parse_train_recipe(DPO_CPU, ["--model_name_or_path", str(tmp_path)])
+    use_dataset(recipe, str(run_copy))
+    data = load_training_data(recipe)
+    assert data.column_names == ["prompt", "chosen", "rejected"] and len(data) == 3
+    assert (
+        data.to_list()
+        == load_from_disk(str(run_copy / "preference"))["train"]
+        .select_columns(["prompt", "chosen", "rejected"])
+        .to_list()
+    )
+    use_dataset(recipe, str(run_copy), "default")  # kept pairs have no chosen/rejected
+    with pytest.raises(TrainError, match="DPO needs prompt, chosen, rejected"):
+        load_training_data(recipe)
+    pairs = load_from_disk(str(run_copy / "preference"))["train"]
+    from crescent_distilabel.run_dir import RunDir
+
+    RunDir(run_copy).save("preference", pairs.select([]))
+    use_dataset(recipe, str(run_copy))
+    with pytest.raises(TrainError, match="no preference pairs"):
+        load_training_data(recipe)
 
 
 def test_an_unknown_key_is_rejected_with_the_file_named(tmp_path):
@@ -171,3 +223,24 @@ def test_crescent_train_lora_evaluate_and_publish(run_copy, smollm2_hf, hub, tmp
         hub.file("model", "alice/smol-crescent", "merged/model.safetensors")  # merged weights stay local
     assert not hub.unknown_routes
     assert ALICE.encode() not in hub.all_bytes() and ALICE not in done.stdout + done.stderr  # the token stays secret
+
+
+@pytest.mark.slow
+def test_crescent_train_dpo_on_the_runs_preference_pairs(run_copy, smollm2_hf, tmp_path):
+    """Real: TRL DPO steps (LoRA, the base as reference) with SmolLM2 on the run's preference config, picked by
+    the recipe's dpo/ folder; merged copy and a model card that says DPO."""
+    out = tmp_path / "model"
+    done = subprocess.run(
+        [sys.executable, "-m", "crescent_distilabel.cli", "train", "--config", str(DPO_CPU),
+         "--model_name_or_path", "smollm2", "--max_steps", "2", "--output_dir", str(out), "--dataset", str(run_copy)],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on 3 preference pairs (DPO)" in done.stderr
+    record = json.loads((out / "crescent_train.json").read_text())
+    assert record["method"] == "dpo" and record["steps"] == 2 and record["rows"] == 3 and record["peft"]
+    assert record["train_loss"] == pytest.approx(0.6931, abs=0.05)  # log 2: the policy starts as the reference
+    assert (out / "adapter_model.safetensors").is_file() and (out / "merged" / "model.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    assert "- dpo" in card and "`DPOTrainer` on self-consistency preference pairs" in card
+    assert "trl dpo --config recipe.yaml" in card

@@ -76,6 +76,8 @@ class Consensus(Task):
           backend failed after its retries.
         - answer_tokens (`int`): output tokens of all k chains.
         - truncated_chains (`int`): chains that hit ``max_new_tokens``.
+        - chain_truncated (`list[bool]`): which chains did, one flag per chain (preference pairs never
+          reject a cut chain).
         - answer_model (`str`): the model that answered.
 
     Categories:
@@ -144,6 +146,7 @@ class Consensus(Task):
             "drop_reason",
             "answer_tokens",
             "truncated_chains",
+            "chain_truncated",
             "answer_model",
         ]
 
@@ -207,6 +210,7 @@ class Consensus(Task):
             "completion": None,
             "answer_tokens": 0,
             "truncated_chains": 0,
+            "chain_truncated": [],
             "answer_model": self.llm.model_name,
         }
         rows = [{**row, **empty, "drop_reason": row.get("drop_reason")} for row in inputs]
@@ -246,6 +250,7 @@ class Consensus(Task):
                 agreement=vote.agreement,
                 answer_tokens=sum(tokens),
                 truncated_chains=sum(truncated),
+                chain_truncated=[bool(t) for t in truncated],
                 drop_reason=vote.drop_reason,
             )
             if vote.kept and vote.winner is not None:
