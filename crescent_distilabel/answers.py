@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal, get_args
 
 AnswerKey = Fraction | str
 """An exact, hashable answer: a number as a Fraction, or a canonical string (symbolic LaTeX, a letter, a word)."""
@@ -23,6 +23,12 @@ AnswerKey = Fraction | str
 EXTRACTION_VERSION = 3
 """Bumped whenever :func:`extract_answer` or :func:`normalize_answer` reads some text differently. It is part
 of a run's fingerprint: votes made by another version would differ, so a run is never continued with two."""
+
+AnswerKind = Literal["auto", "numeric", "choice", "text", "symbolic"]
+"""What a recipe's answers are, so the vote reads them as such (:func:`answer_key`)."""
+ANSWER_KINDS: tuple[str, ...] = get_args(AnswerKind)
+TEXT_WORDS = 8
+"""The longest short-text answer (in words, after normalising) the ``text`` kind votes with."""
 
 MATH_VERIFY_SECONDS = 2.0
 """Time limit for one LaTeX answer in math-verify and sympy (both can run away on odd input)."""
@@ -49,6 +55,9 @@ _TRAILING_MATH = re.compile(
 )
 # An option letter: "B", "(b)", "B.", "Option B", or "(B) text" / "B) text" with the option's text after it.
 _CHOICE = re.compile(r"^(?:(?:option|choice)\s+)?(?:\(?([A-Ea-e])\)?[.):]?$|\(([A-Ea-e])\)\s|([A-E])[.)]\s)", re.I)
+# An option named in running text: "option C", "choice (b)", "(C)", "answer is C".
+_NAMED_OPTION = re.compile(r"\b(?:option|choice)\s*\(?([A-Ea-e])\b\)?|\(([A-E])\)|\bis\s+\(?([A-E])\b\)?")
+_PLAIN_NUMBER = re.compile(r"[\s\d.,/$€£¥%+−-]+")
 _FRAC = re.compile(r"^\\[dt]?frac\s*\{([^{}]+)\}\s*\{([^{}]+)\}$")
 _MIXED = re.compile(r"^(\d+)\s+(\d+)\s*/\s*(\d+)$")
 
@@ -121,14 +130,15 @@ def _answer_like(value: str) -> bool:
     return bool(_NUMBER_RE.search(value) or "\\" in value or _choice(value) or len(value.split()) <= 3)
 
 
-def extract_answer(text: str | None) -> str | None:
+def extract_answer(text: str | None, kind: AnswerKind = "auto") -> str | None:
     """The final answer as written.
 
     In order: the last ``####`` marker that is not a heading (``#### Answer: 12``, ``#### 12``); the last
     ``\\boxed{}``; the last ``Answer:`` label at the start of a line; the last "the answer is" / "final answer:"
     with a number or an option letter after it; a math span that ends the text; the last number. After a marker,
     arithmetic counts by its result (the right of the last "="). Mentions of the marker itself, as in an echoed
-    instruction, are ignored; so is a marker whose value is a sentence.
+    instruction, are ignored; so is a marker whose value is a sentence. Without a marker, the ``choice`` kind
+    takes the last option named ("option C", "(C)") instead of a number, and the ``text`` kind gives none.
     """
     if not text:
         return None
@@ -137,6 +147,11 @@ def extract_answer(text: str | None) -> str | None:
     answer = answer or _last_marked(text, _LABEL, need="any") or _last_marked(text, _PHRASES, need="number")
     if answer:
         return answer
+    if kind == "choice":
+        named = _NAMED_OPTION.findall(text)
+        return next(g for g in named[-1] if g) if named else None
+    if kind == "text":
+        return None
     math = _TRAILING_MATH.search(text.rstrip())
     if math:
         span = next(group for group in math.groups() if group is not None)
@@ -190,6 +205,43 @@ def normalize_answer(answer: str | None) -> AnswerKey | None:
     return _to_fraction(match.group(0))
 
 
+def answer_key(answer: str | None, kind: AnswerKind = "auto") -> AnswerKey | None:
+    """The voting key of an extracted answer for a declared answer kind.
+
+    - ``auto``: :func:`normalize_answer` (numbers exact, LaTeX symbolic, a letter or a few words as text).
+    - ``numeric``: numbers only (a word or a letter is no answer).
+    - ``choice``: an option letter A-E, upper case ("(b)", "Option B", "B) 42 km" -> "B").
+    - ``text``: case, whitespace, punctuation and a leading article normalised away, at most
+      :data:`TEXT_WORDS` words ("The Pacific Ocean." -> "pacific ocean").
+    - ``symbolic``: numbers exact, anything else through math-verify, so ``2x+3`` and ``3 + 2x`` agree.
+    """
+    if answer is None:
+        return None
+    if kind == "auto":
+        return normalize_answer(answer)
+    value = answer.strip().strip("*_`").strip()
+    if kind == "numeric":
+        key = normalize_answer(value)
+        return key if isinstance(key, Fraction) else None
+    if kind == "choice":
+        return _choice(value.strip("$").strip())
+    if kind == "text":
+        words = _words(value)
+        return " ".join(words) if 0 < len(words) <= TEXT_WORDS else None
+    if kind == "symbolic":
+        if _PLAIN_NUMBER.fullmatch(value):
+            return normalize_answer(value)
+        return _latex_key(value.strip("$").strip())
+    raise ValueError(f"unknown answer kind {kind!r}: use one of {', '.join(ANSWER_KINDS)}")
+
+
+def _words(value: str) -> list[str]:
+    words = re.sub(r"[^\w\s]", " ", value.lower()).split()
+    while words and words[0] in ("a", "an", "the"):
+        words.pop(0)
+    return words
+
+
 def _choice(value: str) -> str | None:
     found = _CHOICE.match(value.strip())
     return next((g for g in found.groups() if g), "").upper() or None if found else None
@@ -201,9 +253,7 @@ def _text_key(value: str) -> str | None:
     choice = _choice(value)
     if choice:
         return choice
-    words = re.sub(r"[^\w\s]", " ", value.lower()).split()
-    while words and words[0] in ("a", "an", "the"):
-        words.pop(0)
+    words = _words(value)
     return " ".join(words) if 0 < len(words) <= 3 else None
 
 

@@ -97,6 +97,7 @@ def dataset_card(
         "k": c.k if c.enabled else 1,
         "min_agreement": c.min_agreement,
         "ties / no answer": f"{c.tie_policy} / {c.no_answer_policy}",
+        "answer kind": c.answer_kind,
     }
     settings = "\n".join(f"| {key} | {value} |" for key, value in rows.items())
     dropped = "\n".join(f"| dropped: {reason} | {n} |" for reason, n in summary["dropped"].items())

@@ -165,6 +165,7 @@ def build_pipeline(
             min_agreement=con_cfg.min_agreement if con_cfg.enabled else 0.0,
             tie_policy=con_cfg.tie_policy,
             no_answer_policy=con_cfg.no_answer_policy,
+            answer_kind=con_cfg.answer_kind,
             answer_template=con_cfg.answer_prompt,
             seed=recipe.seed,
             progress_db=db,
@@ -694,7 +695,7 @@ def _write_run(
         )
     configs = {"default": kept, "dropped": dropped}
     if recipe.preference.enabled:
-        configs["preference"] = preference_config(kept, recipe.preference)
+        configs["preference"] = preference_config(kept, recipe.preference, recipe.consensus.answer_kind)
     else:  # a pass with it enabled may have written one
         shutil.rmtree(output_dir / "preference", ignore_errors=True)
     distiset = Distiset({name: DatasetDict(train=data) for name, data in configs.items()})

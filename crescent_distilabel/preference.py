@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from crescent_distilabel.answers import format_key, normalize_answer
+from crescent_distilabel.answers import AnswerKind, answer_key, format_key
 
 NO_ANSWER = "no answer"
 """How a rejected chain without a readable answer is labelled in ``rejected_answer``."""
@@ -50,6 +50,7 @@ def question_pairs(
     truncated: Sequence[bool],
     final_answer: str,
     policy: PairPolicy = PairPolicy(),
+    kind: AnswerKind = "auto",
 ) -> list[dict[str, Any]]:
     """One kept question's preference pairs: TRL's conversational preference format (``prompt``, ``chosen``,
     ``rejected``) with the answers and the vote margin beside them. A unanimous vote gives none.
@@ -60,10 +61,11 @@ def question_pairs(
         extracted: each chain's final answer as written (the consensus step's ``extracted_answers``).
         truncated: which chains hit max tokens; same length as ``chains``.
         final_answer: the winning answer, formatted (``final_answer``).
+        kind: the run's answer kind, so answers are keyed as the vote keyed them.
     """
     if not (len(chains) == len(extracted) == len(truncated)):
         raise ValueError(f"{len(chains)} chains, {len(extracted)} answers and {len(truncated)} truncation flags")
-    answers = [format_key(normalize_answer(answer)) for answer in extracted]
+    answers = [format_key(answer_key(answer, kind)) for answer in extracted]
     votes = Counter(answers)
     winners = [i for i, a in enumerate(answers) if a == final_answer and chains[i] and not truncated[i]]
     losers = [
@@ -95,7 +97,9 @@ def question_pairs(
     return pairs
 
 
-def preference_pairs(rows: Iterable[Mapping[str, Any]], policy: PairPolicy = PairPolicy()) -> list[dict[str, Any]]:
+def preference_pairs(
+    rows: Iterable[Mapping[str, Any]], policy: PairPolicy = PairPolicy(), kind: AnswerKind = "auto"
+) -> list[dict[str, Any]]:
     """The pairs of a run's kept rows (the ``default`` config), in row order, each with the row's
     ``answer_model`` and agreement. Rows without per-chain truncation flags (written before they were kept)
     give no pairs, as a cut chain could not be told apart."""
@@ -105,7 +109,7 @@ def preference_pairs(rows: Iterable[Mapping[str, Any]], policy: PairPolicy = Pai
         if flags is None or row.get("final_answer") is None:
             continue
         for pair in question_pairs(
-            row["question"], row["chains"], row["extracted_answers"], flags, row["final_answer"], policy
+            row["question"], row["chains"], row["extracted_answers"], flags, row["final_answer"], policy, kind
         ):
             out.append({**pair, "agreement": row.get("agreement"), "answer_model": row.get("answer_model")})
     return out

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from crescent_distilabel.answers import EXTRACTION_VERSION
+from crescent_distilabel.answers import EXTRACTION_VERSION, AnswerKind
 from crescent_distilabel.cleaning import CLEANING_VERSION
 from crescent_distilabel.embeddings import DEFAULT_EMBEDDING_MODEL
 from crescent_distilabel.prompts import ANSWER_TEMPLATE, BAIT_PROMPT, REWRITE_TEMPLATE, check_template
@@ -118,6 +118,11 @@ class ConsensusConfig(_Section):
     min_agreement: float | Literal["majority"] = "majority"
     tie_policy: Literal["drop", "first"] = "drop"
     no_answer_policy: Literal["abstain", "vote"] = "abstain"
+    answer_kind: AnswerKind = Field(
+        "auto",
+        description="what the answers are: auto (numbers, LaTeX, a letter or a few words), numeric, choice (a "
+        "letter A-E), text (a short phrase, normalised), symbolic (math-verify equivalence)",
+    )
     answer_prompt: str = ANSWER_TEMPLATE
     batch_size: PositiveInt = Field(
         10,
@@ -270,8 +275,11 @@ class Recipe(_Section):
         return {**settings, **CODE_VERSIONS}
 
     def fingerprint(self) -> str:
-        """A hash of :meth:`result_settings`: equal fingerprints mean a run can be resumed with this recipe."""
-        return hashlib.sha256(json.dumps(self.result_settings(), sort_keys=True).encode()).hexdigest()[:16]
+        """A hash of :meth:`result_settings`: equal fingerprints mean a run can be resumed with this recipe. A
+        setting added later counts only when it differs from what runs did before it (:data:`ADDED_SETTINGS`), so
+        a recipe's fingerprint does not change when the code learns a new setting."""
+        settings = {k: v for k, v in self.result_settings().items() if ADDED_SETTINGS.get(k, object()) != v}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 CODE_VERSIONS = {"answer_extraction": EXTRACTION_VERSION, "question_cleaning": CLEANING_VERSION}
@@ -317,9 +325,14 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+ADDED_SETTINGS: dict[str, Any] = {"consensus.answer_kind": "auto"}
+"""Settings added after runs were made, with the value that reproduces what those runs did: a run made
+before a setting existed continues under it."""
+
+
 def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences between two :meth:`Recipe.result_settings`."""
-    old = {**dict.fromkeys(CODE_VERSIONS, 1), **old}  # runs made before these were recorded used version 1
+    old = {**dict.fromkeys(CODE_VERSIONS, 1), **ADDED_SETTINGS, **old}  # versions were not recorded at first
     changes = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):

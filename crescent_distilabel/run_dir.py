@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crescent_distilabel.answers import AnswerKind
 from crescent_distilabel.card import dataset_card, models_in
 from crescent_distilabel.preference import PairPolicy, preference_pairs
 from crescent_distilabel.recipe import PreferenceConfig, Recipe
@@ -126,7 +127,7 @@ def save_config(output_dir: Path, name: str, dataset: Dataset) -> None:
     replace_dir(tmp, output_dir / name)
 
 
-def preference_config(kept: Dataset, cfg: PreferenceConfig) -> Dataset:
+def preference_config(kept: Dataset, cfg: PreferenceConfig, kind: AnswerKind = "auto") -> Dataset:
     """The ``preference`` config of a run's kept rows, with a fixed schema so an empty one loads too."""
     from datasets import Dataset, Features, Value
 
@@ -144,7 +145,7 @@ def preference_config(kept: Dataset, cfg: PreferenceConfig) -> Dataset:
         answer_model=Value("string"),
     )
     policy = PairPolicy(cfg.pairs_per_question, cfg.min_margin, cfg.reject_no_answer, cfg.reject_truncated)
-    pairs = preference_pairs(kept, policy) if len(kept) else []
+    pairs = preference_pairs(kept, policy, kind) if len(kept) else []
     return Dataset.from_dict({name: [pair[name] for pair in pairs] for name in features}, features=features)
 
 

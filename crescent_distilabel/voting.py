@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from crescent_distilabel.answers import AnswerKey, extract_answer, format_key, normalize_answer
+from crescent_distilabel.answers import AnswerKey, AnswerKind, answer_key, extract_answer, format_key
 
 TiePolicy = Literal["drop", "first"]
 NoAnswerPolicy = Literal["abstain", "vote"]
@@ -93,8 +93,11 @@ def majority_vote(
     return Vote(True, None, answer, winner, counts, agreement, k)
 
 
-def vote_on_chains(chains: Sequence[str | None], **policy: object) -> tuple[Vote, list[str | None]]:
-    """Extract, normalise and vote on k answer chains; also returns each chain's extracted answer."""
-    extracted = [extract_answer(chain) for chain in chains]
-    keys = [normalize_answer(answer) for answer in extracted]
+def vote_on_chains(
+    chains: Sequence[str | None], kind: AnswerKind = "auto", **policy: object
+) -> tuple[Vote, list[str | None]]:
+    """Extract, key (by the declared answer ``kind``) and vote on k answer chains; also returns each chain's
+    extracted answer."""
+    extracted = [extract_answer(chain, kind) for chain in chains]
+    keys = [answer_key(answer, kind) for answer in extracted]
     return majority_vote(keys, **policy), extracted  # type: ignore[arg-type]

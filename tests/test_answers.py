@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from crescent_distilabel.answers import extract_answer, format_key, normalize_answer, time_limit
+from crescent_distilabel.answers import answer_key, extract_answer, format_key, normalize_answer, time_limit
 
 
 @pytest.mark.parametrize(
@@ -148,3 +148,50 @@ def test_latex_goes_through_math_verify() -> None:
 )
 def test_format_key(key: Fraction, text: str) -> None:
     assert format_key(key) == text
+
+
+# Chains as a small chat model writes them for each kind of question.
+CHOICE_CHAINS = [
+    ("Mercury is the planet closest to the Sun.\n#### Answer: C", "C"),
+    ("The closest planet is Mercury, which is option (c).\n**Answer:** (C) Mercury", "C"),
+    ("Venus is second; Mercury is first. So the correct option is C.", "C"),  # no marker: the option named last
+    ("Looking at the options, (A) Venus is wrong and (C) Mercury is right.", "C"),
+    ("#### Answer: Mercury", None),  # the option's text, not its letter
+    ("The planet is 58 million km from the Sun.", None),  # a number is no option
+]
+
+
+@pytest.mark.parametrize(("chain", "key"), CHOICE_CHAINS)
+def test_choice_answers_are_option_letters(chain: str, key: str | None) -> None:
+    assert answer_key(extract_answer(chain, "choice"), "choice") == key
+
+
+def test_text_answers_are_normalised_phrases_and_need_a_marker() -> None:
+    chains = [
+        "Water boils at sea level when heated enough.\n#### Answer: The boiling point.",
+        "Answer: boiling   point",
+        "**Final answer:** BOILING POINT!",
+    ]
+    assert {answer_key(extract_answer(c, "text"), "text") for c in chains} == {"boiling point"}
+    assert extract_answer("It boils at 100 degrees, I think.", "text") is None  # no marker: no last number either
+    long = "#### Answer: it depends on the pressure of the air above the water and on the altitude"
+    assert answer_key(extract_answer(long, "text"), "text") is None  # a sentence, not a short answer
+
+
+def test_numeric_answers_refuse_words_and_letters() -> None:
+    assert answer_key(extract_answer("So she has $1,200.\n#### Answer: $1,200"), "numeric") == Fraction(1200)
+    assert answer_key("B", "numeric") is None and answer_key("twelve", "numeric") is None
+    assert answer_key("B", "auto") == "B"  # auto keeps today's reading: a letter is an answer
+
+
+def test_symbolic_answers_agree_by_equivalence() -> None:
+    a = answer_key(extract_answer("Collecting terms: \\boxed{2x + 3}"), "symbolic")
+    b = answer_key(extract_answer("#### Answer: 3 + 2x"), "symbolic")
+    assert a is not None and a == b
+    assert answer_key("\\frac{6}{8}", "symbolic") == answer_key("0.75", "symbolic") == Fraction(3, 4)
+    assert answer_key("3 + 2x", "auto") != a  # auto reads the plain text's number, not the expression
+
+
+def test_an_unknown_answer_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown answer kind 'letters'"):
+        answer_key("B", "letters")  # type: ignore[arg-type]

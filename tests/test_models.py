@@ -111,3 +111,39 @@ def test_the_default_recipe_runs_end_to_end(tmp_path: Path) -> None:
         assert row["question"].strip() and row["final_answer"] is not None
     card = (tmp_path / "run" / "README.md").read_text()
     assert QWEN_ALIAS in card
+
+
+@pytest.mark.slow
+def test_the_multiple_choice_science_recipe_runs_end_to_end_with_letter_votes(tmp_path: Path) -> None:
+    """Beyond math, on the default model: questions with lettered options, no digits required, and a vote that
+    reads option letters only."""
+    from datasets import load_from_disk
+
+    from crescent_distilabel import load_recipe, run_recipe
+
+    recipe = load_recipe(
+        Path(__file__).resolve().parents[1]
+        / "recipes/Qwen2.5-Coder-0.5B-Instruct/generate/config_cpu_science_choice.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "bait.num_calls=1",
+            "bait.samples_per_call=2",
+            "sampling.max_new_tokens=256",
+            "question_model.n_threads=1",
+        ],
+    )
+    assert recipe.consensus.answer_kind == "choice" and not recipe.bait.require_digits
+    result = run_recipe(recipe)
+    assert result.complete, result.message
+    rows = [
+        *load_from_disk(str(tmp_path / "run" / "default" / "train")).to_list(),
+        *load_from_disk(str(tmp_path / "run" / "dropped" / "train")).to_list(),
+    ]
+    answered = [row for row in rows if row["chains"]]
+    assert answered, [row["drop_reason"] for row in rows]  # at least one question reached the vote
+    for row in answered:
+        assert set(row["vote_answers"]) <= set("ABCDE"), row["vote_answers"]  # letters, or no vote at all
+        if row["final_answer"] is not None and row["drop_reason"] is None:
+            assert row["final_answer"] in "ABCDE" and row["messages"][1]["content"] == row["answer"]
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "| answer kind | choice |" in card

@@ -159,3 +159,19 @@ def test_a_run_made_by_another_answer_extractor_is_not_continued() -> None:
     assert f"answer_extraction: 1 -> {EXTRACTION_VERSION} (" in changes[0] and "votes would change" in changes[0]
     assert changes[1].startswith("question_cleaning: 1 -> ") and len(changes) == 2
     assert changed_settings(new, new) == []
+
+
+def test_a_run_made_before_answer_kinds_continues_and_keeps_its_fingerprint() -> None:
+    import hashlib
+    import json
+
+    from crescent_distilabel.recipe import changed_settings
+
+    recipe = load_recipe({})
+    new = recipe.result_settings()
+    old = {k: v for k, v in new.items() if k != "consensus.answer_kind"}  # recorded before the setting existed
+    assert changed_settings(old, new) == []
+    assert recipe.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    choice = load_recipe({"consensus": {"answer_kind": "choice"}})
+    assert changed_settings(old, choice.result_settings()) == ["consensus.answer_kind: 'auto' -> 'choice'"]
+    assert choice.fingerprint() != recipe.fingerprint()

@@ -9,6 +9,7 @@ from distilabel.steps.tasks import Task
 from distilabel.typing import ChatType, StepColumns, StepOutput
 from pydantic import Field, PositiveInt, PrivateAttr, field_validator
 
+from crescent_distilabel.answers import AnswerKind
 from crescent_distilabel.citation import with_citation
 from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import ANSWER_TEMPLATE, check_template, sft_views
@@ -45,6 +46,8 @@ class Consensus(Task):
         tie_policy: ``"drop"`` tied questions, or take the ``"first"`` sampled tied answer (the scripts).
         no_answer_policy: ``"abstain"``: a chain without an answer casts no vote but counts in k;
             ``"vote"``: "no answer" competes like an answer (the scripts).
+        answer_kind: what the answers are (``auto``, ``numeric``, ``choice``, ``text``, ``symbolic``; see
+            :func:`crescent_distilabel.answers.answer_key`): an answer of another kind is no answer.
         seed: the run seed; each question's k samples get seeds derived from it and the question.
         progress_db: a progress store (SQLite) that keeps every question's answers as they finish, so a re-run
             reuses them; None keeps nothing.
@@ -105,6 +108,7 @@ class Consensus(Task):
     min_agreement: float | Literal["majority"] = "majority"
     tie_policy: Literal["drop", "first"] = "drop"
     no_answer_policy: Literal["abstain", "vote"] = "abstain"
+    answer_kind: AnswerKind = "auto"
     seed: int = 0
     progress_db: str | None = None
     window: PositiveInt | None = None
@@ -165,6 +169,7 @@ class Consensus(Task):
         """One question's vote and each chain's extracted answer; a subclass may vote otherwise."""
         return vote_on_chains(
             chains,
+            self.answer_kind,
             min_agreement=self.min_agreement,
             tie_policy=self.tie_policy,
             no_answer_policy=self.no_answer_policy,
