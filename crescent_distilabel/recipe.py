@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -353,19 +353,57 @@ def _format_errors(err: ValidationError) -> str:
     return "\n".join(dict.fromkeys(lines))
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``a.b=value`` -> (["a", "b"], value), the value read as YAML (numbers, booleans, null, lists)."""
+def parse_override(item: str, model: type[BaseModel] | None = None) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value), read by the field's type: a text field takes the text as written
+    (``bait.prompt="... Problem:"``, ``api_key_env=NO``; ``null`` clears an optional one), anything else is read
+    as YAML (numbers, booleans, null, lists)."""
     if "=" not in item:
         raise RecipeError(f"--set takes key=value, got {item!r}")
     key, raw = item.split("=", 1)
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise RecipeError(f"--set takes key=value, got {item!r}")
+    annotation = _field_annotation(model or Recipe, path)
+    if annotation is not None and _is_text(annotation):
+        optional = type(None) in get_args(annotation)
+        return path, None if optional and raw.strip() in ("null", "~") else raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return path, value
+
+
+def _field_annotation(model: type[BaseModel], path: list[str]) -> Any:
+    """The type annotation of a nested field (``["consensus", "k"]``), or None for an unknown key (which
+    validation then reports)."""
+    for i, key in enumerate(path):
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        if i == len(path) - 1:
+            return field.annotation
+        options = get_args(field.annotation) or (field.annotation,)
+        sub = next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None:
+            return None
+        model = sub
+    return None
+
+
+def _is_text(annotation: Any) -> bool:
+    """A field whose values are all text: ``str``, ``str | None``, or a Literal of strings (``drop``/``first``),
+    where YAML would turn ``no`` into False and ``a: b`` into a mapping."""
+    options = [a for a in (get_args(annotation) if get_origin(annotation) is not Literal else (annotation,))]
+    options = options or [annotation]
+    options = [a for a in options if a is not type(None)]
+
+    def text(option: Any) -> bool:
+        if get_origin(option) is Literal:
+            return all(isinstance(v, str) for v in get_args(option))
+        return option is str
+
+    return bool(options) and all(text(a) for a in options)
 
 
 def read_mapping(path: Path, error: type[Exception], what: str) -> dict[str, Any]:

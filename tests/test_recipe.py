@@ -175,3 +175,28 @@ def test_a_run_made_before_answer_kinds_continues_and_keeps_its_fingerprint() ->
     choice = load_recipe({"consensus": {"answer_kind": "choice"}})
     assert changed_settings(old, choice.result_settings()) == ["consensus.answer_kind: 'auto' -> 'choice'"]
     assert choice.fingerprint() != recipe.fingerprint()
+
+
+def test_set_reads_each_value_by_its_fields_type() -> None:
+    recipe = load_recipe(
+        {},
+        [
+            "bait.prompt=Write one hard problem. Problem:",  # YAML would read a mapping
+            "question_model.api_key_env=NO",  # YAML would read False
+            "name=2024",  # YAML would read a number
+            "consensus.tie_policy=first",
+            "consensus.k=5",
+            "consensus.min_agreement=0.6",
+            "bait.require_digits=false",
+            "answer_model.model=other.gguf",  # inside an optional section
+            "publish.hub_repo=null",
+        ],
+    )
+    assert recipe.bait.prompt == "Write one hard problem. Problem:"
+    assert recipe.question_model.api_key_env == "NO" and recipe.name == "2024"
+    assert (recipe.consensus.tie_policy, recipe.consensus.k, recipe.consensus.min_agreement) == ("first", 5, 0.6)
+    assert recipe.bait.require_digits is False and recipe.answer_model and recipe.answer_model.model == "other.gguf"
+    assert recipe.publish.hub_repo is None
+    assert load_recipe({}, ["consensus.min_agreement=majority"]).consensus.min_agreement == "majority"
+    with pytest.raises(RecipeError, match=r"consensus\.k: Input should be a valid integer"):
+        load_recipe({}, ["consensus.k=three"])
