@@ -14,7 +14,7 @@ import numpy as np
 from distilabel.models.embeddings import SentenceTransformerEmbeddings
 from distilabel.models.mixins.cuda_device_placement import CudaDevicePlacementMixin
 
-DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+from crescent_distilabel.similarity import DEFAULT_EMBEDDING_MODEL
 
 
 def local_minilm_path() -> Path | None:

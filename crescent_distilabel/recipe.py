@@ -16,9 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from crescent_distilabel.answers import EXTRACTION_VERSION, AnswerKind
 from crescent_distilabel.cleaning import CLEANING_VERSION
-from crescent_distilabel.embeddings import DEFAULT_EMBEDDING_MODEL
 from crescent_distilabel.prompts import ANSWER_TEMPLATE, BAIT_PROMPT, REWRITE_TEMPLATE, check_template
-from crescent_distilabel.similarity import HISTORY_THRESHOLD, WITHIN_BATCH_THRESHOLD
+from crescent_distilabel.similarity import DEFAULT_EMBEDDING_MODEL, HISTORY_THRESHOLD, WITHIN_BATCH_THRESHOLD
 from crescent_distilabel.voting import required_votes
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+"""The paper's embedding model for the similarity checks (a Hub id; a PyPI copy stands in offline)."""
 WITHIN_BATCH_THRESHOLD = 0.85
 """Default: a question is dropped when a later question of the same batch has cosine >= this."""
 HISTORY_THRESHOLD = 0.875

@@ -27,6 +27,38 @@ def test_show_recipe_applies_overrides() -> None:
     assert shown["bait"]["num_calls"] == 4
 
 
+HEAVY = ("distilabel", "datasets", "torch", "transformers", "llama_cpp")
+IMPORTS_AFTER = """
+import contextlib, io, json, sys
+from crescent_distilabel.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main(sys.argv[1:])
+print(json.dumps(sorted(m for m in {heavy} if m in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["show-recipe"], ["show-recipe", str(CPU_RECIPE), "--set", "seed=1"]])
+def test_help_and_show_recipe_load_no_heavy_library(args: list[str]) -> None:
+    """Every CLI call used to import distilabel and datasets first (about 1.7 s): now only the commands that
+    need them do."""
+    code = IMPORTS_AFTER.format(heavy=HEAVY)
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    light = "import crescent_distilabel as c, sys; c.load_recipe({}); print('distilabel' in sys.modules)"
+    public = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, timeout=300)
+    assert public.stdout.strip() == "False", public.stderr[-2000:]
+
+
+def test_the_public_names_still_import_from_the_package() -> None:
+    import crescent_distilabel
+
+    for name in crescent_distilabel.__all__:
+        assert getattr(crescent_distilabel, name).__name__ == name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        crescent_distilabel.nope  # noqa: B018
+
+
 def test_bad_recipe_exits_2_naming_the_key(tmp_path: Path) -> None:
     done = crescent("generate", str(CPU_RECIPE), "--set", "consensus.k=0", "--output-dir", str(tmp_path / "o"))
     assert done.returncode == 2
