@@ -12,7 +12,16 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-DROP_REASONS = ("empty", "refusal", "too_short", "too_long", "no_digits", "no_question", "repetitive")
+DROP_REASONS = (
+    "empty",
+    "refusal",
+    "too_short",
+    "too_long",
+    "no_digits",
+    "no_question",
+    "no_options",
+    "repetitive",
+)
 """Every reason :func:`clean_question` can give for dropping a sample."""
 
 CLEANING_VERSION = 3
@@ -143,12 +152,22 @@ def is_repetitive(text: str, *, max_ngram_repeats: int = 4, min_unique_ratio: fl
     return len(set(words)) / len(words) < min_unique_ratio
 
 
+# An option label: "A) ...", "(B) ...", "C. ..." at the start of a line, or "(A) x (B) y" inline.
+_OPTION = re.compile(r"(?:^|\n)[ \t*_-]*\(?([A-E])[).:][ \t]|\(([A-E])\)[ \t]|(?<=[ \t])([A-E])\)[ \t]")
+
+
+def option_letters(question: str) -> set[str]:
+    """The distinct option letters a multiple-choice question labels (A-E)."""
+    return {next(g for g in found if g) for found in _OPTION.findall(question)}
+
+
 def clean_question(
     text: str | None,
     *,
     min_chars: int = 20,
     max_chars: int = 1500,
     require_digits: bool = True,
+    min_options: int = 0,
 ) -> CleanedQuestion:
     """Clean one raw bait sample, or give the reason (one of :data:`DROP_REASONS`) it must be dropped.
 
@@ -157,6 +176,8 @@ def clean_question(
         min_chars: shorter cleaned questions are degenerate.
         max_chars: longer ones are rambling or looping.
         require_digits: math word problems carry numbers; other domains can switch this off.
+        min_options: a multiple-choice question needs this many distinct lettered options (``no_options``);
+            0 for questions without options.
     """
     if not text or not text.strip():
         return CleanedQuestion(None, "empty")
@@ -171,6 +192,8 @@ def clean_question(
         return CleanedQuestion(None, "too_long")
     if require_digits and not any(ch.isdigit() for ch in question):
         return CleanedQuestion(None, "no_digits")
+    if min_options and len(option_letters(question)) < min_options:
+        return CleanedQuestion(None, "no_options")
     if not asks(question) or (_SOLUTION_START.match(question) and "?" not in question):
         return CleanedQuestion(None, "no_question")
     if is_repetitive(question):

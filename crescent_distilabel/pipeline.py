@@ -119,6 +119,7 @@ def build_pipeline(
             min_chars=bait_cfg.min_chars,
             max_chars=bait_cfg.max_chars,
             require_digits=bait_cfg.require_digits,
+            min_options=bait_cfg.min_options,
             seed=recipe.seed,
             progress_db=db,
         )
@@ -148,6 +149,7 @@ def build_pipeline(
                 min_chars=bait_cfg.min_chars,
                 max_chars=bait_cfg.max_chars,
                 require_digits=bait_cfg.require_digits,
+                min_options=bait_cfg.min_options,
                 seed=recipe.seed,
                 progress_db=db,
                 input_batch_size=div_cfg.batch_size or bait_cfg.samples_per_call,

@@ -76,6 +76,7 @@ class BaitConfig(_Section):
     min_chars: int = Field(20, ge=0)
     max_chars: PositiveInt = 1500
     require_digits: bool = True
+    min_options: int = Field(0, ge=0, description="multiple choice: distinct lettered options a question needs")
     calls_in_flight: PositiveInt = Field(
         1,
         description="servers only: bait calls in flight, ahead of what the later stages have taken (results do not"
@@ -324,7 +325,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-ADDED_SETTINGS: dict[str, Any] = {"consensus.answer_kind": "auto"}
+ADDED_SETTINGS: dict[str, Any] = {"consensus.answer_kind": "auto", "bait.min_options": 0}
 """Settings added after runs were made, with the value that reproduces what those runs did: a run made
 before a setting existed continues under it."""
 

@@ -2,7 +2,14 @@
 
 import pytest
 
-from crescent_distilabel.cleaning import DROP_REASONS, asks, clean_question, is_repetitive, strip_chat
+from crescent_distilabel.cleaning import (
+    DROP_REASONS,
+    asks,
+    clean_question,
+    is_repetitive,
+    option_letters,
+    strip_chat,
+)
 
 
 @pytest.mark.parametrize(
@@ -203,3 +210,32 @@ def test_questions_and_instructions_ask() -> None:
         asks("Find the area of a 3 by 4 rectangle.") and asks("Is 7 prime?") and asks("How many legs do 3 cats have")
     )
     assert not asks("A farmer has 12 cows and 7 pigs.")
+
+
+# Multiple-choice samples as the default model wrote them for the science recipe.
+FOUR_OPTIONS = (
+    "What is the purpose of a renewable energy source?\n\nOptions:\nA) To reduce carbon emissions\n"
+    "B) To increase energy efficiency\nC) To provide affordable energy\nD) To promote sustainable development"
+)
+INLINE = "Which layer of the Earth is mostly liquid iron?\n(A) Crust (B) Mantle (C) Outer core (D) Inner core"
+NO_OPTIONS = "A) Why do scientists always use a microscope?"
+REPEATED_LABEL = (
+    "What type of flower is typically found in a garden?\n\nA) Sunflowers\n\nB) Roses\n\nB) Carnations\n\n"
+    "D) Citrus fruits"
+)
+
+
+def test_option_letters_are_read_on_their_lines_or_inline() -> None:
+    assert option_letters(FOUR_OPTIONS) == option_letters(INLINE) == set("ABCD")
+    assert option_letters(NO_OPTIONS) == {"A"} and option_letters(REPEATED_LABEL) == set("ABD")
+    assert option_letters("Tom has 3 apples (a gift) and buys 4. How many?") == set()
+
+
+def test_multiple_choice_questions_need_their_options() -> None:
+    for text in (FOUR_OPTIONS, INLINE):
+        cleaned = clean_question(text, require_digits=False, min_options=4)
+        assert cleaned.drop_reason is None and "D)" in (cleaned.question or "")
+    for text in (NO_OPTIONS, REPEATED_LABEL):
+        assert clean_question(text, require_digits=False, min_options=4).drop_reason == "no_options"
+    assert clean_question(NO_OPTIONS, require_digits=False).drop_reason is None  # off unless asked for
+    assert "no_options" in DROP_REASONS

@@ -120,6 +120,7 @@ def test_the_multiple_choice_science_recipe_runs_end_to_end_with_letter_votes(tm
     from datasets import load_from_disk
 
     from crescent_distilabel import load_recipe, run_recipe
+    from crescent_distilabel.cleaning import option_letters
 
     recipe = load_recipe(
         Path(__file__).resolve().parents[1]
@@ -133,6 +134,7 @@ def test_the_multiple_choice_science_recipe_runs_end_to_end_with_letter_votes(tm
         ],
     )
     assert recipe.consensus.answer_kind == "choice" and not recipe.bait.require_digits
+    assert recipe.bait.min_options == 4
     result = run_recipe(recipe)
     assert result.complete, result.message
     rows = [
@@ -142,6 +144,7 @@ def test_the_multiple_choice_science_recipe_runs_end_to_end_with_letter_votes(tm
     answered = [row for row in rows if row["chains"]]
     assert answered, [row["drop_reason"] for row in rows]  # at least one question reached the vote
     for row in answered:
+        assert len(option_letters(row["question"])) >= 4, row["question"]
         assert set(row["vote_answers"]) <= set("ABCDE"), row["vote_answers"]  # letters, or no vote at all
         if row["final_answer"] is not None and row["drop_reason"] is None:
             assert row["final_answer"] in "ABCDE" and row["messages"][1]["content"] == row["answer"]

@@ -161,15 +161,16 @@ def test_a_run_made_by_another_answer_extractor_is_not_continued() -> None:
     assert changed_settings(new, new) == []
 
 
-def test_a_run_made_before_answer_kinds_continues_and_keeps_its_fingerprint() -> None:
+def test_a_run_made_before_answer_kinds_and_option_checks_continues_and_keeps_its_fingerprint() -> None:
     import hashlib
     import json
 
-    from crescent_distilabel.recipe import changed_settings
+    from crescent_distilabel.recipe import ADDED_SETTINGS, changed_settings
 
     recipe = load_recipe({})
     new = recipe.result_settings()
-    old = {k: v for k, v in new.items() if k != "consensus.answer_kind"}  # recorded before the setting existed
+    assert {"consensus.answer_kind", "bait.min_options"} <= set(ADDED_SETTINGS)
+    old = {k: v for k, v in new.items() if k not in ADDED_SETTINGS}  # recorded before the settings existed
     assert changed_settings(old, new) == []
     assert recipe.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     choice = load_recipe({"consensus": {"answer_kind": "choice"}})

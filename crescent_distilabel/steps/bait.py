@@ -52,6 +52,7 @@ class BaitPrompting(GeneratorTask):
         min_chars: shorter cleaned questions are dropped (``too_short``).
         max_chars: longer cleaned questions are dropped (``too_long``).
         require_digits: drop questions without a digit (``no_digits``); right for math, not for every domain.
+        min_options: drop questions with fewer distinct lettered options (``no_options``); 0: no options needed.
         seed: the run seed; each call's samples get a seed derived from it and the call index.
         progress_db: a progress store (SQLite) that keeps every generation as it finishes, so a re-run
             reuses it; None keeps nothing.
@@ -104,6 +105,7 @@ class BaitPrompting(GeneratorTask):
     min_chars: int = Field(default=20, ge=0)
     max_chars: PositiveInt = 1500
     require_digits: bool = True
+    min_options: int = Field(default=0, ge=0)
     seed: int = 0
     progress_db: str | None = None
     calls_in_flight: PositiveInt = 1
@@ -130,7 +132,11 @@ class BaitPrompting(GeneratorTask):
 
     def format_output(self, output: str | None, input: dict | None = None) -> dict:  # noqa: A002
         cleaned = clean_question(
-            output, min_chars=self.min_chars, max_chars=self.max_chars, require_digits=self.require_digits
+            output,
+            min_chars=self.min_chars,
+            max_chars=self.max_chars,
+            require_digits=self.require_digits,
+            min_options=self.min_options,
         )
         return {"question": cleaned.question, "raw_question": output, "drop_reason": cleaned.drop_reason}
 
@@ -264,6 +270,7 @@ class BaitSampling(Task):
     min_chars: int = Field(default=20, ge=0)
     max_chars: PositiveInt = 1500
     require_digits: bool = True
+    min_options: int = Field(default=0, ge=0)
     seed: int = 0
     progress_db: str | None = None
 

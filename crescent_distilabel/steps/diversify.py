@@ -65,6 +65,7 @@ class Diversify(Task):
         min_chars: rewrites shorter than this are dropped.
         max_chars: rewrites longer than this are dropped.
         require_digits: drop rewrites without a digit.
+        min_options: drop rewrites with fewer distinct lettered options.
         seed: the run seed; each rewrite request gets a seed derived from it, the question and the round.
         progress_db: a progress store (SQLite) for rewrites, embeddings and decisions, so a re-run replays
             this stage without calling the LLM or the embedding model again; None keeps nothing.
@@ -120,6 +121,7 @@ class Diversify(Task):
     min_chars: int = Field(default=20, ge=0)
     max_chars: PositiveInt = 1500
     require_digits: bool = True
+    min_options: int = Field(default=0, ge=0)
     seed: int = 0
     progress_db: str | None = None
     rewrite_lag: int = Field(default=0, ge=0)
@@ -171,7 +173,11 @@ class Diversify(Task):
 
     def format_output(self, output: str | None, input: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: A002
         cleaned = clean_question(
-            output, min_chars=self.min_chars, max_chars=self.max_chars, require_digits=self.require_digits
+            output,
+            min_chars=self.min_chars,
+            max_chars=self.max_chars,
+            require_digits=self.require_digits,
+            min_options=self.min_options,
         )
         return {"question": cleaned.question, "drop_reason": cleaned.drop_reason}
 
