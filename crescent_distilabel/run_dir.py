@@ -144,7 +144,7 @@ def preference_config(kept: Dataset, cfg: PreferenceConfig, kind: AnswerKind = "
         agreement=Value("float64"),
         answer_model=Value("string"),
     )
-    policy = PairPolicy(cfg.pairs_per_question, cfg.min_margin, cfg.reject_no_answer, cfg.reject_truncated)
+    policy = PairPolicy(**cfg.model_dump(exclude={"enabled"}))  # the recipe section names the policy's fields
     pairs = preference_pairs(kept, policy, kind) if len(kept) else []
     return Dataset.from_dict({name: [pair[name] for pair in pairs] for name in features}, features=features)
 
