@@ -17,6 +17,25 @@ os.environ.setdefault("CRESCENT_CACHE", str(Path(__file__).resolve().parents[1] 
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def worker_threads() -> int:
+    """This test worker's share of the cores, for the llama.cpp servers the tests start. llama.cpp's threads
+    spin-wait for each other, so a server with more threads than it has cores collapses while the other xdist
+    worker is busy: SmolLM2 decoded at 2 tokens/s with 2 threads beside a busy worker on 2 cores, 51 with 1."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+SLOW_FIXTURES = {"llamacpp_server", "smollm2_hf", "argilla_server", "ray_cluster"}
+"""A test that uses one of these (a real server, or a model converted for transformers) is slow whether or not
+it says so: ``pytest -m "not slow"`` is the fast tier for the edit-test loop."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     from crescent_distilabel.backends import smollm2_gguf_path
@@ -65,7 +84,7 @@ def llamacpp_server(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory
     from crescent_distilabel.backends import serve_llamacpp
 
     log = tmp_path_factory.mktemp("llamacpp_server") / "server.log"
-    with serve_llamacpp(smollm2_path, log, n_threads=os.cpu_count() or 2, ready_within=60) as base_url:
+    with serve_llamacpp(smollm2_path, log, n_threads=worker_threads(), ready_within=60) as base_url:
         yield base_url
 
 

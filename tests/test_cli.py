@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import worker_threads
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_RECIPE = REPO / "recipes" / "SmolLM2-135M-Instruct" / "generate" / "config_cpu.yaml"
@@ -81,6 +82,7 @@ def test_unreachable_endpoint_exits_1_with_the_url(tmp_path: Path) -> None:
 def test_generate_runs_the_cpu_recipe_and_prints_the_summary(tmp_path: Path) -> None:
     out = tmp_path / "o"
     args = ["--set", "bait.num_calls=1", "--set", "bait.samples_per_call=3", "--set", "sampling.max_new_tokens=64"]
+    args += ["--set", f"question_model.n_threads={worker_threads()}"]
     done = crescent("generate", str(CPU_RECIPE), *args, "--set", "consensus.k=2", "--output-dir", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith(str(out))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import worker_threads
 from datasets import load_from_disk
 
 from crescent_distilabel import load_recipe, run_recipe
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.slow
 # 135M model agrees with itself often enough for kept pairs; the seed fixes llama.cpp's sampling.
 SMALL = {
     "seed": 7,
-    "question_model": {"model": "smollm2"},  # the fast model: these tests check the pipeline, not data quality
+    # the fast model: these tests check the pipeline, not data quality
+    "question_model": {"model": "smollm2", "n_threads": worker_threads()},
     "bait": {"num_calls": 2, "samples_per_call": 4},
     "sampling": {"max_new_tokens": 160, "temperature": 0.3},
     "consensus": {"k": 3, "batch_size": 4},
@@ -81,7 +83,7 @@ def test_openai_compatible_server_end_to_end(tmp_path: Path, llamacpp_server: st
 def test_pipeline_yaml_round_trip_runs_with_distilabel_cli(tmp_path: Path) -> None:
     """The pipeline.yaml a run writes is enough for `distilabel pipeline run --config` to run it again."""
     tiny = {
-        "question_model": {"model": "smollm2"},
+        "question_model": {"model": "smollm2", "n_threads": worker_threads()},
         "bait": {"num_calls": 1, "samples_per_call": 2},
         "sampling": {"max_new_tokens": 48},
     }

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_args, count_rows, dataset, differences, openai_recipe
+from conftest import cli_args, count_rows, dataset, differences, openai_recipe, worker_threads
 from fakes import CrashingLLM, FakeLLM
 from fault_proxy import FaultProxy
 
@@ -228,7 +228,7 @@ def test_a_server_killed_mid_run_is_a_clear_error_within_seconds_and_resumable(
     from crescent_distilabel.backends import serve_llamacpp
 
     out = tmp_path / "run"
-    with serve_llamacpp(smollm2_path, tmp_path / "server.log", n_threads=os.cpu_count() or 2) as url:
+    with serve_llamacpp(smollm2_path, tmp_path / "server.log", n_threads=worker_threads()) as url:
         recipe = load_recipe(openai_recipe(url, out))
         from crescent_distilabel.backends import LocalServer
 
@@ -240,7 +240,7 @@ def test_a_server_killed_mid_run_is_a_clear_error_within_seconds_and_resumable(
         assert not first.complete and "llama_cpp.server" in first.message and "SIGKILL" in first.message
         assert took < 15, f"{took:.0f} s to notice the dead server"
         assert time.monotonic() - start < 600
-    with serve_llamacpp(smollm2_path, tmp_path / "server2.log", n_threads=os.cpu_count() or 2) as url:
+    with serve_llamacpp(smollm2_path, tmp_path / "server2.log", n_threads=worker_threads()) as url:
         second = run_recipe(load_recipe(openai_recipe(url, out)))
     assert second.complete and second.resumed
     assert dataset(out) == reference[0]

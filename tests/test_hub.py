@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ALICE, BOB, hub_env
+from conftest import ALICE, BOB, hub_env, worker_threads
 from datasets import load_from_disk
 from fake_hub import FakeHub
 
@@ -170,7 +170,7 @@ def test_real_model_run_publishes_from_its_recipe(hub: FakeHub, tmp_path: Path) 
     out = tmp_path / "run"
     sets = ["bait.num_calls=1", "bait.samples_per_call=3", "sampling.max_new_tokens=64", "sampling.temperature=0.3",
             "consensus.k=2", "seed=7", "publish.hub_repo=alice/smollm2-selfmade",
-            "publish.include_dropped=true"]  # fmt: skip
+            "publish.include_dropped=true", f"question_model.n_threads={worker_threads()}"]  # fmt: skip
     args = [arg for item in sets for arg in ("--set", item)]
     env = hub_env(hub, tmp_path)  # the models still load from PyPI packages (local paths), never from the Hub
     done = crescent(env, "generate", str(recipe), *args, "--output-dir", str(out))

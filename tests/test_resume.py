@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_args, count_rows, dataset, differences, openai_recipe
+from conftest import cli_args, count_rows, dataset, differences, openai_recipe, worker_threads
 from fault_proxy import FaultProxy
 
 from crescent_distilabel import load_recipe, run_recipe
@@ -135,6 +135,7 @@ def test_ctrl_c_stops_with_exit_3_and_the_rerun_completes(tmp_path: Path) -> Non
     out = tmp_path / "run"
     args = [sys.executable, "-m", "crescent_distilabel.cli", "generate", "--output-dir", str(out)]
     settings = ["question_model.model=smollm2", "bait.num_calls=3", "bait.samples_per_call=2"]
+    settings += [f"question_model.n_threads={worker_threads()}"]
     for item in (*settings, "sampling.max_new_tokens=48", "consensus.k=2"):
         args += ["--set", item]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
