@@ -6,7 +6,8 @@ improving, plateau, or collapse?). Every round's figures go into ``metrics.json`
 plot. Each stage leaves its result on disk, so re-running the same command continues where it stopped.
 
 Layout of ``output_dir``: ``baseline_eval.json``; ``round-<r>/data`` (a run directory), ``round-<r>/model``
-(``crescent train`` output), ``round-<r>/eval.json``; ``metrics.json``, ``metrics.md``, ``metrics.png``.
+(``crescent train`` output: the round's final model; with ``method: sft+dpo`` the SFT model DPO started from
+is ``round-<r>/model-sft``), ``round-<r>/eval.json``; ``metrics.json``, ``metrics.md``, ``metrics.png``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from crescent_distilabel.evaluation import DEFAULT_TASKS, TASKS, EvalReport
 
@@ -57,20 +58,51 @@ class PushSection(_Section):
     exist_ok: bool = False
 
 
+Method = Literal["sft", "dpo", "sft+dpo"]
+"""How a round trains: on the kept pairs (SFT), on the preference pairs (DPO), or SFT then DPO from the SFT
+model (both on the round's own data)."""
+
+
 class LoopRecipe(_Section):
-    """One recipe for the loop; ``generate`` and ``train`` name the stage recipes (paths relative to this file)."""
+    """One recipe for the loop; ``generate``, ``train`` and ``dpo`` name the stage recipes (paths relative to
+    this file)."""
 
     name: str = "crescent-loop"
     output_dir: str = "outputs/crescent-loop"
     iterations: PositiveInt = 1
     generate: str
     generate_overrides: list[str] = Field(default_factory=list, description="KEY=VALUE, as crescent generate --set")
-    train: str
+    train: str | None = Field(None, description="the SFT recipe; needed when a round trains SFT")
     train_overrides: list[str] = Field(default_factory=list, description="TRL flags, e.g. ['--max_steps', '10']")
+    dpo: str | None = Field(None, description="the DPO recipe; needed when a round trains DPO")
+    dpo_overrides: list[str] = Field(default_factory=list, description="TRL flags for the DPO recipe")
+    method: Method | list[Method] = Field("sft", description="one for every round, or a list with one per round")
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     decontaminate: DecontaminateSection = Field(default_factory=DecontaminateSection)
     push: PushSection = Field(default_factory=PushSection)
     base_dir: str = Field(".", exclude=True)
+
+    @model_validator(mode="after")
+    def _methods_have_recipes(self) -> LoopRecipe:
+        if isinstance(self.method, list) and len(self.method) != self.iterations:
+            raise ValueError(f"method lists {len(self.method)} rounds but iterations is {self.iterations}")
+        steps = {step for r in range(1, self.iterations + 1) for step in self.steps(r)}
+        if "sft" in steps and not self.train:
+            raise ValueError("a round trains SFT: set train to an SFT recipe (recipes/<Model>/sft/...)")
+        if "dpo" in steps and not self.dpo:
+            raise ValueError("a round trains DPO: set dpo to a DPO recipe (recipes/<Model>/dpo/...)")
+        return self
+
+    def steps(self, r: int) -> list[str]:
+        """Round ``r``'s trainings in order (``["sft", "dpo"]`` for ``sft+dpo``)."""
+        method = self.method[r - 1] if isinstance(self.method, list) else self.method
+        return method.split("+")
+
+    def stage_recipes(self) -> dict[str, tuple[Path, list[str]]]:
+        """The training recipes this loop uses, by method: (path, TRL flags)."""
+        used = {step for r in range(1, self.iterations + 1) for step in self.steps(r)}
+        recipes = {"sft": (self.train, self.train_overrides), "dpo": (self.dpo, self.dpo_overrides)}
+        return {m: (self.path(p), list(flags)) for m, (p, flags) in recipes.items() if m in used and p}
 
     def path(self, value: str) -> Path:
         p = Path(value).expanduser()
@@ -93,9 +125,10 @@ def load_loop_recipe(path: str | Path, overrides: dict[str, Any] | None = None) 
     unknown = [t for t in recipe.evaluate.tasks if t not in TASKS]
     if unknown:
         raise LoopError(f"{path}: unknown evaluation task(s) {unknown}; choose from {', '.join(TASKS)}")
-    for stage in (recipe.generate, recipe.train):
-        if not recipe.path(stage).is_file():
-            raise LoopError(f"{path}: stage recipe {recipe.path(stage)} does not exist")
+    stages = [recipe.path(recipe.generate)] + [p for p, _ in recipe.stage_recipes().values()]
+    for stage in stages:
+        if not stage.is_file():
+            raise LoopError(f"{path}: stage recipe {stage} does not exist")
     return recipe
 
 
@@ -126,22 +159,19 @@ def run_loop(recipe: LoopRecipe, log: Any = print) -> list[dict[str, Any]]:
     from crescent_distilabel.hub import publish, publish_model
     from crescent_distilabel.recipe import load_recipe
     from crescent_distilabel.run_dir import RunDir
-    from crescent_distilabel.train import (
-        TRAIN_RECORD,
-        check_recipe,
-        load_result,
-        parse_sft_recipe,
-        preflight,
-        train,
-        use_dataset,
-    )
+    from crescent_distilabel.train import check_recipe, parse_train_recipe
 
-    # what can fail fast does so before any work: both stage recipes, GPU-only settings, the base model
+    # what can fail fast does so before any work: every stage recipe, GPU-only settings, the base model
     # (the data's columns are checked as each round's training starts)
     gen_recipe = load_recipe(recipe.path(recipe.generate), recipe.generate_overrides)
-    sft = parse_sft_recipe(recipe.path(recipe.train), recipe.train_overrides)
-    check_recipe(sft)  # resolves ``smollm2`` to its transformers directory
-    base_model = sft.model.model_name_or_path
+    stages = recipe.stage_recipes()
+    first = recipe.steps(1)[0]  # its recipe names the base model; the other recipe trains what came before
+    trainer = parse_train_recipe(*stages[first], method=first)
+    check_recipe(trainer)  # resolves ``smollm2`` to its transformers directory
+    base_model = trainer.model.model_name_or_path
+    for method, (path, flags) in stages.items():
+        if method != first:
+            check_recipe(parse_train_recipe(path, [*flags, "--model_name_or_path", base_model], method=method))
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -171,16 +201,7 @@ def run_loop(recipe: LoopRecipe, log: Any = print) -> list[dict[str, Any]]:
         if recipe.push.dataset_repo:
             url = _publish(publish, data_dir, _suffix(recipe, recipe.push.dataset_repo, r), recipe.push)
             log(f"round {r}: dataset published at {url}")
-        if not (model_dir / TRAIN_RECORD).is_file():
-            sft = parse_sft_recipe(
-                recipe.path(recipe.train),
-                [*recipe.train_overrides, "--output_dir", str(model_dir), "--model_name_or_path", model],
-            )
-            use_dataset(sft, str(data_dir))
-            data = preflight(sft)
-            log(f"round {r}: training {model} on {len(data)} pairs")
-            train(sft, data)
-        trained = load_result(model_dir)
+        trained = _train_round(recipe, r, model, data_dir, model_dir, log)
         report = _evaluate(recipe, trained.model_dir, round_dir / "eval.json", log)
         _write_model_card(trained, baseline, report, recipe, r)
         if recipe.push.model_repo:
@@ -188,9 +209,40 @@ def run_loop(recipe: LoopRecipe, log: Any = print) -> list[dict[str, Any]]:
             log(f"round {r}: model published at {url}")
         summary = run.record()["summary"]
         rows.append(_metrics_row(r, trained.model_dir, summary, trained, report, contamination))
+        rows[-1]["method"] = "+".join(recipe.steps(r))
+        rows[-1]["preference_pairs"] = len(run.load("preference")) if "preference" in run.configs() else 0
         model = trained.model_dir
     write_metrics(out, rows, recipe.evaluate.tasks)
     return rows
+
+
+def _train_round(recipe: LoopRecipe, r: int, model: str, data_dir: Path, model_dir: Path, log: Any) -> Any:
+    """Round ``r``'s trainings in order, each from the model the one before left (``sft+dpo``: DPO starts from
+    the SFT model). The round's final model is ``round-<r>/model``; an earlier one ``round-<r>/model-<method>``.
+    A training that finished is not repeated on a re-run."""
+    from crescent_distilabel.train import TRAIN_RECORD, TrainError, load_result, parse_train_recipe, train, use_dataset
+    from crescent_distilabel.train import preflight as check
+
+    steps = recipe.steps(r)
+    trained = None
+    for i, method in enumerate(steps):
+        out = model_dir if i == len(steps) - 1 else model_dir.with_name(f"model-{method}")
+        if not (out / TRAIN_RECORD).is_file():
+            path, flags = recipe.stage_recipes()[method]
+            trainer = parse_train_recipe(
+                path, [*flags, "--output_dir", str(out), "--model_name_or_path", model], method=method
+            )
+            use_dataset(trainer, str(data_dir))
+            try:
+                data = check(trainer)
+            except TrainError as err:
+                raise LoopError(f"round {r}: cannot train {method.upper()}: {err}") from None
+            what = "preference pairs" if method == "dpo" else "pairs"
+            log(f"round {r}: training {model} ({method.upper()}) on {len(data)} {what}")
+            train(trainer, data)
+        trained = load_result(out)
+        model = trained.model_dir
+    return trained
 
 
 def _publish(publish_fn: Any, path: Path, repo: str, push: PushSection) -> str:
@@ -252,7 +304,9 @@ def _metrics_row(
 def write_metrics(out: Path, rows: list[dict[str, Any]], tasks: list[str]) -> None:
     """``metrics.json``, ``metrics.md`` (one row per round) and ``metrics.png`` (accuracy per round)."""
     (out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
-    keys = ["round", "kept_pairs", "contamination_rate", "train_loss"] + [k for k in rows[0] if "/" in k]
+    keys = ["round", "method", "kept_pairs", "preference_pairs", "contamination_rate", "train_loss"] + [
+        k for k in rows[0] if "/" in k
+    ]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
         cells = []

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import hub_env
+from conftest import hub_env, worker_threads
 from datasets import load_from_disk
 
 from crescent_distilabel.loop import LoopError, load_loop_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
+SFT = ROOT / "recipes/SmolLM2-135M-Instruct/sft/config_cpu_lora.yaml"
+DPO = ROOT / "recipes/SmolLM2-135M-Instruct/dpo/config_cpu_lora.yaml"
 
 
 def loop_recipe(tmp_path: Path, **changes) -> Path:
@@ -27,8 +29,9 @@ def loop_recipe(tmp_path: Path, **changes) -> Path:
         "generate_overrides": [
             "bait.num_calls=2", "bait.samples_per_call=4", "sampling.max_new_tokens=96",
             "consensus.k=2", "consensus.min_agreement=0.5", "consensus.tie_policy=first",
+            f"question_model.n_threads={worker_threads()}",
         ],
-        "train": str(ROOT / "recipes/SmolLM2-135M-Instruct/sft/config_cpu_lora.yaml"),
+        "train": str(SFT),
         "train_overrides": ["--model_name_or_path", "smollm2", "--max_steps", "2"],
         "evaluate": {"tasks": ["gsm8k_0shot"], "limit": 2, "max_gen_toks": 48, "batch_size": 2},
         "decontaminate": {"benchmarks": ["gsm8k"]},
@@ -41,7 +44,10 @@ def loop_recipe(tmp_path: Path, **changes) -> Path:
 def test_published_loop_recipes_load():
     for path in ROOT.glob("recipes/*/loop/*.yaml"):
         recipe = load_loop_recipe(path)
-        assert recipe.path(recipe.generate).is_file() and recipe.path(recipe.train).is_file()
+        assert recipe.path(recipe.generate).is_file() and all(p.is_file() for p, _ in recipe.stage_recipes().values())
+    assert "dpo" in load_loop_recipe(ROOT / "recipes/Qwen2.5-Coder-0.5B-Instruct/loop/config_cpu_sft_dpo.yaml").steps(
+        1
+    )
 
 
 def test_bad_loop_recipes_are_refused_before_any_work(tmp_path):
@@ -51,6 +57,26 @@ def test_bad_loop_recipes_are_refused_before_any_work(tmp_path):
         load_loop_recipe(loop_recipe(tmp_path, train=str(tmp_path / "missing.yaml")))
     with pytest.raises(LoopError, match="iteration"):
         load_loop_recipe(loop_recipe(tmp_path, iteration=2))  # a typo'd key
+    with pytest.raises(LoopError, match=r"a round trains DPO: set dpo to a DPO recipe"):
+        load_loop_recipe(loop_recipe(tmp_path, method=["sft", "sft+dpo"]))
+    with pytest.raises(LoopError, match=r"method lists 1 rounds but iterations is 2"):
+        load_loop_recipe(loop_recipe(tmp_path, method=["dpo"], dpo=str(DPO)))
+    with pytest.raises(LoopError, match=r"a round trains SFT: set train"):
+        load_loop_recipe(loop_recipe(tmp_path, train=None, dpo=str(DPO)))
+    with pytest.raises(LoopError, match=r"method"):
+        load_loop_recipe(loop_recipe(tmp_path, method="ppo"))
+    with pytest.raises(LoopError, match=r"stage recipe .*nowhere.yaml does not exist"):
+        load_loop_recipe(loop_recipe(tmp_path, method="dpo", dpo=str(tmp_path / "nowhere.yaml")))
+
+
+def test_each_round_trains_its_method_from_the_model_before():
+    recipe = load_loop_recipe(
+        loop_recipe(Path("/tmp/x"), method=["sft", "sft+dpo", "dpo"], iterations=3, dpo=str(DPO))
+    )
+    assert [recipe.steps(r) for r in (1, 2, 3)] == [["sft"], ["sft", "dpo"], ["dpo"]]
+    assert {m: p for m, (p, _) in recipe.stage_recipes().items()} == {"sft": SFT, "dpo": DPO}
+    only_dpo = load_loop_recipe(loop_recipe(Path("/tmp/x"), method="dpo", train=None, dpo=str(DPO)))
+    assert list(only_dpo.stage_recipes()) == ["dpo"] and only_dpo.steps(2) == ["dpo"]
 
 
 @pytest.mark.slow
@@ -66,8 +92,10 @@ def test_two_rounds_generate_train_evaluate_publish(tmp_path, smollm2_hf, hub):
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(0.0 <= r["gsm8k_0shot/strict-match"] <= 1.0 for r in rows)
     assert all(r["kept_pairs"] > 0 and r["train_steps"] == 2 for r in rows[1:])
+    assert [r.get("method") for r in rows] == [None, "sft", "sft"]  # preference pairs: a tiny run has few
     table = (out / "metrics.md").read_text()
-    assert table.startswith("| round | kept_pairs | contamination_rate | train_loss | gsm8k_0shot/strict-match |")
+    header = "| round | method | kept_pairs | preference_pairs | contamination_rate | train_loss | gsm8k_0shot/"
+    assert table.startswith(header + "strict-match |")
     assert len(table.strip().splitlines()) == 5 and (out / "metrics.png").stat().st_size > 1000
 
     # round 1 generated with llama.cpp, round 2 with the model trained in round 1 (transformers backend)
@@ -97,3 +125,34 @@ def test_an_empty_or_non_mapping_loop_recipe_names_the_file(tmp_path: Path, text
     with pytest.raises(LoopError) as err:
         load_loop_recipe(path)
     assert str(path) in str(err.value) and "AttributeError" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_round_of_sft_then_dpo_trains_dpo_from_the_sft_model(run_copy, smollm2_hf, tmp_path):
+    """Real TRL, both trainers: ``method: sft+dpo`` fine-tunes on the run's kept pairs, then runs DPO on its
+    preference pairs starting from the SFT model; a re-run repeats neither. (A run of the tiny model in the
+    two-round test above has too few disagreeing, uncut chains to give pairs reliably: here the run's pairs
+    come from a scripted model.)"""
+    from crescent_distilabel.loop import _train_round
+    from crescent_distilabel.run_dir import RunDir
+
+    recipe = load_loop_recipe(
+        loop_recipe(
+            tmp_path,
+            method="sft+dpo",
+            dpo=str(DPO),
+            train_overrides=["--max_steps", "1"],
+            dpo_overrides=["--max_steps", "1"],
+        )
+    )
+    model_dir = tmp_path / "round-1" / "model"
+    said: list[str] = []
+    trained = _train_round(recipe, 1, str(smollm2_hf), run_copy, model_dir, said.append)
+    sft = json.loads((tmp_path / "round-1" / "model-sft" / "crescent_train.json").read_text())
+    assert sft["method"] == "sft" and sft["base_model"] == str(smollm2_hf) and sft["steps"] == 1
+    assert trained.method == "dpo" and trained.base_model == sft["model_dir"] and trained.output_dir == str(model_dir)
+    assert trained.rows == len(RunDir(run_copy).load("preference")) > 0
+    assert [m.split(" (")[1].split(")")[0] for m in said] == ["SFT", "DPO"]
+    again: list[str] = []
+    assert _train_round(recipe, 1, str(smollm2_hf), run_copy, model_dir, again.append).model_dir == trained.model_dir
+    assert again == []  # both trainings finished: nothing is trained again
