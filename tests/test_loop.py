@@ -69,13 +69,11 @@ def test_bad_loop_recipes_are_refused_before_any_work(tmp_path):
         load_loop_recipe(loop_recipe(tmp_path, method="dpo", dpo=str(tmp_path / "nowhere.yaml")))
 
 
-def test_each_round_trains_its_method_from_the_model_before():
-    recipe = load_loop_recipe(
-        loop_recipe(Path("/tmp/x"), method=["sft", "sft+dpo", "dpo"], iterations=3, dpo=str(DPO))
-    )
+def test_each_round_trains_its_method_from_the_model_before(tmp_path):
+    recipe = load_loop_recipe(loop_recipe(tmp_path, method=["sft", "sft+dpo", "dpo"], iterations=3, dpo=str(DPO)))
     assert [recipe.steps(r) for r in (1, 2, 3)] == [["sft"], ["sft", "dpo"], ["dpo"]]
     assert {m: p for m, (p, _) in recipe.stage_recipes().items()} == {"sft": SFT, "dpo": DPO}
-    only_dpo = load_loop_recipe(loop_recipe(Path("/tmp/x"), method="dpo", train=None, dpo=str(DPO)))
+    only_dpo = load_loop_recipe(loop_recipe(tmp_path, method="dpo", train=None, dpo=str(DPO)))
     assert list(only_dpo.stage_recipes()) == ["dpo"] and only_dpo.steps(2) == ["dpo"]
 
 
