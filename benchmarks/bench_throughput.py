@@ -174,7 +174,11 @@ def _server(args: argparse.Namespace, log: Path) -> Iterator[str]:
             yield url
     else:
         os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # for /reset_prefix_cache between phases; loopback only
-        settings = ["question_model.backend=vllm_serve", f"question_model.vllm_python={args.vllm_python}"]
+        settings = [
+            "question_model.backend=vllm_serve",
+            "question_model.model=smollm2",  # the model the llama.cpp server serves too (the recipe default is Qwen)
+            f"question_model.vllm_python={args.vllm_python}",
+        ]
         with serve_vllm(load_recipe(None, settings).question_model, 0, log) as url:
             yield url
 
