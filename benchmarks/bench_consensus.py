@@ -11,7 +11,7 @@ are read and voted exactly as the consensus step does. Printed:
 
 Every answer is stored as it arrives (``--store``), so an interrupted run continues where it stopped.
 
-    python benchmarks/bench_consensus.py --n 100 --k 5            # qwen2.5-coder-0.5b on 2 cores: about 2 h
+    python benchmarks/bench_consensus.py --n 100 --k 5 --parallel 20   # qwen2.5-coder-0.5b, 2 cores: ~40 min
     python benchmarks/bench_consensus.py --n 10 --k 3 --model smollm2   # a smoke run, not a figure
 """
 
@@ -53,16 +53,21 @@ def gold_key(row: dict) -> object:
 def answer_all(rows: list[dict], args: argparse.Namespace) -> tuple[list[list[str | None]], list[list[bool]]]:
     """Each question's k chains, and which of them hit max tokens."""
     sampling = SamplingConfig(temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_tokens)
-    llm = build_llm(ModelConfig(model=args.model, n_ctx=args.max_tokens + 512), sampling, seed=args.seed)
+    config = ModelConfig(model=args.model, n_ctx=args.max_tokens + 512, parallel=args.parallel)
+    llm = build_llm(config, sampling, seed=args.seed)
     llm.load()
     store = ProgressStore(args.store)
     chains, truncated = [], []
-    for row in tqdm(rows, desc=f"answering (k={args.k})", unit="question"):
-        prompt = ANSWER_TEMPLATE.format(question=row["question"])
-        seed = derive_seed(args.seed, "bench_consensus", row["question"])
-        samples = generate(llm, [prompt], args.k, [seed], store=store, stage="answer")[0]
-        chains.append(samples.texts)
-        truncated.append(samples.truncated)
+    per_call = max(1, args.parallel // args.k)  # questions per call: enough chains to fill the slots
+    with tqdm(total=len(rows), desc=f"answering (k={args.k})", unit="question") as bar:
+        for start in range(0, len(rows), per_call):
+            batch = rows[start : start + per_call]
+            prompts = [ANSWER_TEMPLATE.format(question=row["question"]) for row in batch]
+            seeds = [derive_seed(args.seed, "bench_consensus", row["question"]) for row in batch]
+            for samples in generate(llm, prompts, args.k, seeds, store=store, stage="answer"):
+                chains.append(samples.texts)
+                truncated.append(samples.truncated)
+            bar.update(len(batch))
     return chains, truncated
 
 
@@ -126,6 +131,9 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="llama.cpp sequences decoded together (and k-chain questions per call)"
+    )
     parser.add_argument("--store", type=Path, default=Path("outputs/bench_consensus.sqlite"), help="resume file")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -133,9 +141,8 @@ def main() -> None:
     rows = gsm8k("train")[: args.n]
     start = time.perf_counter()
     chains, truncated = answer_all(rows, args)
-    result = {"model": args.model, "temperature": args.temperature, "max_tokens": args.max_tokens} | report(
-        rows, chains, args.k
-    )
+    settings = {"model": args.model, "temperature": args.temperature, "max_tokens": args.max_tokens}
+    result = settings | {"parallel": args.parallel} | report(rows, chains, args.k)
     result["wall_s"] = round(time.perf_counter() - start, 1)
     result["empty_samples"] = sum(1 for cs in chains for c in cs if not c)
     result["truncated_samples"] = sum(t for ts in truncated for t in ts)

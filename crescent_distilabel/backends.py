@@ -366,6 +366,7 @@ def build_llm(config: ModelConfig, sampling: SamplingConfig, *, seed: int, check
             model=config.model,
             model_path=resolve_gguf(config.model),
             n_ctx=config.n_ctx,
+            parallel=config.parallel,
             seed=seed,
             extra_kwargs=extra,
             generation_kwargs=kwargs,

