@@ -10,6 +10,7 @@ are read and voted exactly as the consensus step does. Printed:
 - per ``min_agreement``: the share of questions kept and the accuracy of the kept pairs.
 
 Every answer is stored as it arrives (``--store``), so an interrupted run continues where it stopped.
+``--save RUN_DIR`` adds the tables to a run made with the same model and answer prompt, and to its dataset card.
 
     python benchmarks/bench_consensus.py --n 100 --k 5 --parallel 20   # qwen2.5-coder-0.5b, 2 cores: ~40 min
     python benchmarks/bench_consensus.py --n 10 --k 3 --model smollm2   # a smoke run, not a figure
@@ -28,9 +29,11 @@ from tqdm import tqdm
 
 from crescent_distilabel.answers import extract_answer, normalize_answer
 from crescent_distilabel.backends import build_llm
+from crescent_distilabel.card import calibration_tables
 from crescent_distilabel.llms import derive_seed
 from crescent_distilabel.prompts import ANSWER_TEMPLATE
 from crescent_distilabel.recipe import ModelConfig, SamplingConfig
+from crescent_distilabel.run_dir import CALIBRATION, RunDir
 from crescent_distilabel.steps._llm import generate
 from crescent_distilabel.store import ProgressStore
 from crescent_distilabel.voting import majority_vote
@@ -97,30 +100,33 @@ def report(rows: list[dict], chains: list[list[str | None]], k: int) -> dict:
 
 
 def markdown(result: dict) -> str:
-    """The figures as the README shows them."""
-    k = result["k"]
-    pct = lambda a: "-" if a["accuracy"] is None else f"{a['accuracy']:.1%} [{a['ci95'][0]:.1%}, {a['ci95'][1]:.1%}]"  # noqa: E731
-    lines = [
-        f"{result['model']}, {result['n']} GSM8K train questions, k = {k}, temperature {result['temperature']}, "
-        f"max {result['max_tokens']} tokens ({result['wall_s']:.0f} s)",
-        "",
-        "| measure | accuracy [95% Wilson] | n |",
-        "|---|---|---:|",
-    ]
-    for name in ["single_sample", *(key for key in result if key.startswith("majority@"))]:
-        lines.append(f"| {name.replace('_', '-')} | {pct(result[name])} | {result[name]['n']} |")
-    lines += ["", "| top answer's votes | questions | accuracy [95% Wilson] |", "|---|---:|---|"]
-    for level, acc in result["by_agreement"].items():
-        lines.append(f"| {level} | {acc['n']} | {pct(acc)} |")
-    lines += ["", "| min_agreement | kept share | accuracy of kept [95% Wilson] |", "|---|---:|---|"]
-    for level, acc in result["by_min_agreement"].items():
-        lines.append(f"| {level} | {acc['kept_share']:.0%} | {pct(acc)} |")
-    return "\n".join(lines)
+    """The figures as the README shows them (the dataset card shows the same tables)."""
+    head = (
+        f"{result['model']}, {result['n']} GSM8K train questions, k = {result['k']}, temperature "
+        f"{result['temperature']}, max {result['max_tokens']} tokens ({result['wall_s']:.0f} s)"
+    )
+    return head + "\n\n" + calibration_tables(result)
 
 
 def _acc(hits: int, n: int) -> dict:
     low, high = wilson(hits, n)
     return {"accuracy": round(hits / n, 3) if n else None, "n": n, "ci95": [round(low, 3), round(high, 3)]}
+
+
+def run_to_save(args: argparse.Namespace) -> RunDir | None:
+    """The run ``--save`` names, checked before any work: its vote must be the one measured here."""
+    if args.save is None:
+        return None
+    run = RunDir(args.save)
+    recipe = run.recipe()
+    answering = recipe.answer_model or recipe.question_model
+    if recipe.consensus.answer_prompt != ANSWER_TEMPLATE or answering.model != args.model:
+        prompt = "its own" if recipe.consensus.answer_prompt != ANSWER_TEMPLATE else "the default"
+        raise SystemExit(
+            f"--save {args.save}: that run answers with {answering.model!r} and {prompt} answer prompt; these "
+            f"figures would be for {args.model!r} with the default prompt, so they would not describe its vote"
+        )
+    return run
 
 
 def main() -> None:
@@ -136,8 +142,10 @@ def main() -> None:
     )
     parser.add_argument("--store", type=Path, default=Path("outputs/bench_consensus.sqlite"), help="resume file")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--save", type=Path, metavar="RUN_DIR", help="add the figures to this run and its card")
     args = parser.parse_args()
     args.store.parent.mkdir(parents=True, exist_ok=True)
+    run = run_to_save(args)
     rows = gsm8k("train")[: args.n]
     start = time.perf_counter()
     chains, truncated = answer_all(rows, args)
@@ -149,6 +157,10 @@ def main() -> None:
     print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if run is not None:
+        run.write_report(CALIBRATION, result)
+        run.write_card()
+        print(f"saved to {args.save / CALIBRATION} and the dataset card")
 
 
 if __name__ == "__main__":

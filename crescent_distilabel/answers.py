@@ -260,10 +260,12 @@ def _text_key(value: str) -> str | None:
 def _latex_key(value: str) -> AnswerKey | None:
     """Canonical key for a symbolic LaTeX answer via math-verify (slow path, LaTeX only)."""
     try:
+        import math_verify.parser
         from math_verify import parse
         from math_verify.parser import LatexExtractionConfig
     except ImportError:  # math-verify is optional: the answer stays a string
         return value
+    math_verify.parser.TIMEOUT_WARNING_SHOWN = True  # its "provide your own timeout" warning: time_limit does
     try:
         with time_limit(MATH_VERIFY_SECONDS):  # math-verify's own limit needs the main thread: ours says so
             parsed = parse(f"${value}$", extraction_config=[LatexExtractionConfig()], parsing_timeout=None)

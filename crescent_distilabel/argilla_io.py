@@ -28,7 +28,7 @@ from crescent_distilabel.review import (
     record_id,
     select_for_review,
 )
-from crescent_distilabel.run_dir import REVIEW_REPORT, STATE_DIR, RunDir
+from crescent_distilabel.run_dir import REVIEW_REPORT, STATE_DIR, RunDir, preference_config
 
 if TYPE_CHECKING:
     import argilla as rg
@@ -314,7 +314,8 @@ def pull_run(
     api_url: str | None = None,
     api_key: str | None = None,
 ) -> PullResult:
-    """Read the submitted reviews and apply them: writes the ``reviewed`` and ``review_rejected`` configs and
+    """Read the submitted reviews and apply them: writes the ``reviewed`` and ``review_rejected`` configs (and
+    ``reviewed_preference``, the DPO pairs of the reviewed rows, when the run makes preference pairs) and
     ``review_report.json``, and adds the reviewed accuracy to the card. ``default`` is never changed."""
     from datasets import Dataset, Features, Value
 
@@ -339,8 +340,12 @@ def pull_run(
     )
     if "drop_reason" not in features:
         features["drop_reason"] = Value("string")
-    run.save("reviewed", Dataset.from_list(kept, features=features))
+    reviewed = Dataset.from_list(kept, features=features)
+    run.save("reviewed", reviewed)
     run.save("review_rejected", Dataset.from_list(rejected, features=features))
+    recipe = run.recipe()
+    if recipe.preference.enabled:  # DPO pairs of what survived review, corrections taking the vote's place
+        run.save("reviewed_preference", preference_config(reviewed, recipe.preference, recipe.consensus.answer_kind))
     run.write_report(REVIEW_REPORT, report.to_dict())
     run.write_card()
     corrected = sum(1 for r in kept if r["review_status"] == "corrected_answer")

@@ -27,6 +27,8 @@ CONFIG_DESCRIPTIONS = {
     "rewrites, all k chains and votes).",
     "reviewed": "the kept pairs after human review in Argilla: rejected ones removed, corrections applied, "
     "reviewer verdicts in the `review_*` columns.",
+    "reviewed_preference": "the DPO pairs of the reviewed pairs: questions the reviewers rejected give none, and "
+    "where they corrected the answer, chains reaching the correction are chosen over the vote's winner.",
     "review_rejected": "pairs the reviewers rejected, with their verdicts.",
     "contaminated": "kept pairs removed before training because they match an evaluation question "
     "(see Decontamination).",
@@ -59,6 +61,7 @@ def dataset_card(
     review: dict[str, Any] | None = None,
     decontamination: dict[str, Any] | None = None,
     diversity: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
     models: tuple[str | None, str | None] = (None, None),
 ) -> str:
     """A Hub dataset card (README.md) for a run's Distiset: settings, counts, agreement, review, citation.
@@ -69,6 +72,8 @@ def dataset_card(
         review: an :class:`~crescent_distilabel.review.AccuracyReport` as a dict, once reviews came back.
         decontamination: benchmark overlap results, when a decontamination was run.
         diversity: question diversity after bait and after diversification (benchmarks/bench_questions.py).
+        calibration: how often the vote is right per agreement level, on gold-labelled questions
+            (benchmarks/bench_consensus.py --save).
         models: the models that actually wrote the questions and answers (from the data), which differ from
             the recipe's when a Python caller passed its own LLMs.
     """
@@ -147,7 +152,7 @@ Agreement of kept answers (winner votes / k):
 
 Token usage: {summary["question_tokens"]} question, {summary["rewrite_tokens"]} rewrite and
 {summary["answer_tokens"]} answer tokens; {summary["wall_time_s"]:.0f} s wall time.
-{_throughput_section(summary)}{_diversity_section(diversity)}{_review_section(review)}{_decontamination_section(decontamination)}
+{_throughput_section(summary)}{_diversity_section(diversity)}{_calibration_section(calibration)}{_review_section(review)}{_decontamination_section(decontamination)}
 ## Citation
 
 ```bibtex
@@ -226,6 +231,41 @@ nearest: each question's cosine to its nearest other, averaged (lower is more va
 | questions | n | distinct | mean nearest |
 |---|---:|---:|---:|
 {rows}
+"""
+
+
+def calibration_tables(result: dict[str, Any]) -> str:
+    """bench_consensus.py's figures as markdown tables: accuracy of single samples and majorities, per top-answer
+    vote count, and per ``min_agreement`` (the table a user tunes it with)."""
+
+    def pct(a: dict[str, Any]) -> str:
+        return "-" if a["accuracy"] is None else f"{a['accuracy']:.1%} [{a['ci95'][0]:.1%}, {a['ci95'][1]:.1%}]"
+
+    lines = ["| measure | accuracy [95% Wilson] | n |", "|---|---|---:|"]
+    for name in ["single_sample", *(key for key in result if key.startswith("majority@"))]:
+        lines.append(f"| {name.replace('_', '-')} | {pct(result[name])} | {result[name]['n']} |")
+    lines += ["", "| top answer's votes | questions | accuracy [95% Wilson] |", "|---|---:|---|"]
+    for level, acc in result["by_agreement"].items():
+        lines.append(f"| {level} | {acc['n']} | {pct(acc)} |")
+    lines += ["", "| min_agreement | kept share | accuracy of kept [95% Wilson] |", "|---|---:|---|"]
+    for level, acc in result["by_min_agreement"].items():
+        lines.append(f"| {level} | {acc['kept_share']:.0%} | {pct(acc)} |")
+    return "\n".join(lines)
+
+
+def _calibration_section(calibration: dict[str, Any] | None) -> str:
+    if not calibration:
+        return ""
+    c = calibration
+    return f"""
+## How often the vote is right
+
+Measured on {c["n"]} {c.get("dataset", "GSM8K train")} questions with gold answers, answered k = {c["k"]} times by
+{c["model"]} with this recipe's answer prompt (temperature {c["temperature"]}, max {c["max_tokens"]} tokens), the
+answers read and voted as the consensus step does. The vote's agreement is the model's own confidence: read the
+rows below before choosing `min_agreement`.
+
+{calibration_tables(c)}
 """
 
 

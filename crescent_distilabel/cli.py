@@ -271,7 +271,9 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--method", choices=["sft", "dpo"], help="default: the recipe's folder name (sft, dpo)")
     tr.add_argument("--dataset", help="train on this run directory or Hub dataset repo instead of the recipe's")
     tr.add_argument(
-        "--dataset-config", help="with --dataset: the config (default: 'default' for sft, 'preference' for dpo)"
+        "--dataset-config",
+        help="with --dataset: the config (default: 'default' for sft, 'preference' for dpo; after review: "
+        "'reviewed', 'reviewed_preference')",
     )
     tr.add_argument("--evaluate", action="store_true", help="benchmark the base and the trained model after")
     tr.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the model (default: the recipe's hub_model_id "

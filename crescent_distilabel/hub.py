@@ -146,7 +146,8 @@ def publish(
         private: create the repo private (an existing repo keeps its visibility).
         include_dropped: also publish the ``dropped`` config (every sample that was not kept, with the
             intermediate stages). Empty configs are left out (an empty split cannot be loaded back).
-        include_reviewed: publish ``reviewed``/``review_rejected`` when ``crescent review pull`` made them.
+        include_reviewed: publish ``reviewed``/``reviewed_preference``/``review_rejected`` when ``crescent review
+            pull`` made them.
         exist_ok: add a commit to an existing repo (replacing the published configs); otherwise an existing
             repo is an error, so a typo cannot overwrite someone's dataset.
         token: a Hub token; default ``HF_TOKEN`` or the login cache.
@@ -163,7 +164,7 @@ def publish(
         for c in run.configs()
         if c in ("default", "preference")
         or (c in ("dropped", "contaminated") and include_dropped)
-        or (c in ("reviewed", "review_rejected") and include_reviewed)
+        or (c in ("reviewed", "reviewed_preference", "review_rejected") and include_reviewed)
     ]
     datasets = {config: run.load(config) for config in configs}
     configs = [c for c in configs if len(datasets[c])]  # an empty split cannot be loaded back from Parquet

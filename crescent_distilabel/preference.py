@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from crescent_distilabel.answers import AnswerKind, answer_key, format_key
@@ -100,16 +100,22 @@ def question_pairs(
 def preference_pairs(
     rows: Iterable[Mapping[str, Any]], policy: PairPolicy = PairPolicy(), kind: AnswerKind = "auto"
 ) -> list[dict[str, Any]]:
-    """The pairs of a run's kept rows (the ``default`` config), in row order, each with the row's
-    ``answer_model`` and agreement. Rows without per-chain truncation flags (written before they were kept)
-    give no pairs, as a cut chain could not be told apart."""
+    """The pairs of a run's kept rows (the ``default`` config, or ``reviewed`` after human review), in row
+    order, each with the row's ``answer_model`` and agreement. Rows without per-chain truncation flags (written
+    before they were kept) give no pairs, as a cut chain could not be told apart.
+
+    A reviewed row whose answer a reviewer corrected (``review_status`` "corrected_answer", ``final_answer`` the
+    correction) outranks the vote: chains with the corrected answer are chosen over the others, the former
+    winner's included, whatever the margin (negative where the correction had fewer votes)."""
     out: list[dict[str, Any]] = []
     for row in rows:
         flags = row.get("chain_truncated")
         if flags is None or row.get("final_answer") is None:
             continue
+        corrected = row.get("review_status") == "corrected_answer"
+        row_policy = replace(policy, min_margin=-len(row["chains"])) if corrected else policy
         for pair in question_pairs(
-            row["question"], row["chains"], row["extracted_answers"], flags, row["final_answer"], policy, kind
+            row["question"], row["chains"], row["extracted_answers"], flags, row["final_answer"], row_policy, kind
         ):
             out.append({**pair, "agreement": row.get("agreement"), "answer_model": row.get("answer_model")})
     return out

@@ -1,9 +1,10 @@
 """A finished run's output directory, read and extended by publishing, reviewing and training.
 
 Layout (written by :func:`crescent_distilabel.pipeline.run_recipe`): one ``save_to_disk`` DatasetDict per
-config (``default``, ``dropped``, ``preference``; ``reviewed`` and ``review_rejected`` after ``crescent review pull``),
-``distiset_configs/pipeline.yaml``, ``README.md`` (the card), ``recipe.yaml``, ``crescent_run.json``, and
-optional JSON reports (``review_report.json``, ``decontamination.json``) that the card shows.
+config (``default``, ``dropped``, ``preference``; ``reviewed``, ``reviewed_preference`` and ``review_rejected``
+after ``crescent review pull``), ``distiset_configs/pipeline.yaml``, ``README.md`` (the card), ``recipe.yaml``,
+``crescent_run.json``, and optional JSON reports (``review_report.json``, ``decontamination.json``) that the card
+shows.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ if TYPE_CHECKING:
 
 RUN_FILE = "crescent_run.json"
 STATE_DIR = ".crescent"
-CONFIG_ORDER = ("default", "preference", "dropped", "reviewed", "review_rejected", "contaminated")
+CONFIG_ORDER = (
+    "default", "preference", "dropped", "reviewed", "reviewed_preference", "review_rejected", "contaminated"
+)  # fmt: skip
 REVIEW_REPORT = "review_report.json"
 DECONTAMINATION = "decontamination.json"
 DIVERSITY = "question_diversity.json"  # benchmarks/bench_questions.py --save
+CALIBRATION = "vote_calibration.json"  # benchmarks/bench_consensus.py --save
 
 
 class RunDirError(FileNotFoundError):
@@ -46,6 +50,8 @@ RUN_ENTRIES = (
     RUN_FILE,
     REVIEW_REPORT,
     DECONTAMINATION,
+    DIVERSITY,
+    CALIBRATION,
     ".published",
     ".distilabel",
     STATE_DIR,
@@ -206,6 +212,7 @@ class RunDir:
             review=self.report(REVIEW_REPORT),
             decontamination=self.report(DECONTAMINATION),
             diversity=self.report(DIVERSITY),
+            calibration=self.report(CALIBRATION),
             models=models_in(*(self.load(c) for c in self.configs())),
         )
 

@@ -143,6 +143,16 @@ def test_push_review_pull_round_trip(argilla_server, hub, run_copy: Path, tmp_pa
     assert (
         "boxes of what size?" in rejected[[words[r["question"]] for r in rejected].index("cookies")]["review_comment"]
     )
+    # the DPO pairs follow the review: "pages" (rejected) gives none, "pencil" (corrected to 15) prefers 15 to 14
+    before = load_from_disk(str(run_copy / "preference"))["train"].to_list()
+    assert {words[p["question"]]: (p["chosen_answer"], p["rejected_answer"]) for p in before} == {
+        "train": ("180", "170"), "pencil": ("14", "15"), "pages": ("60", "50"),
+    }  # fmt: skip
+    pairs = load_from_disk(str(run_copy / "reviewed_preference"))["train"].to_list()
+    assert {words[p["question"]]: (p["chosen_answer"], p["rejected_answer"], p["margin"]) for p in pairs} == {
+        "train": ("180", "170", 1), "pencil": ("15", "14", -1),
+    }  # fmt: skip
+    assert pairs[1]["chosen"][0]["content"].endswith("#### Answer: 15")
     report = json.loads((run_copy / "review_report.json").read_text())
     assert report["overall"]["correct"] == 3 and report["overall"]["judged"] == 5 and report["rejected_questions"] == 1
     card = (run_copy / "README.md").read_text()
@@ -168,6 +178,7 @@ def test_push_review_pull_round_trip(argilla_server, hub, run_copy: Path, tmp_pa
     assert json.loads(loaded.stdout.strip().splitlines()[-1]) == reviewed
     card = hub.file("dataset", "alice/rv", "README.md").decode()
     assert "config_name: reviewed" in card and "| all | 5 | 3 | 60.0% |" in card
+    assert "config_name: reviewed_preference" in card
     assert argilla_server.api_key.encode() not in hub.all_bytes()
 
 

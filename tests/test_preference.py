@@ -62,19 +62,21 @@ def test_a_chain_cut_at_max_tokens_is_never_rejected_or_chosen_by_default() -> N
     assert pairs([RIGHT, WRONG, RIGHT_BOXED], truncated=[True, False, True]) == []
 
 
-def test_run_rows_give_pairs_and_rows_without_truncation_flags_give_none() -> None:
+def run_row(chains: list[str], **extra: object) -> dict:
+    """A kept row as the run writes it, answers read from its chains."""
     from crescent_distilabel.answers import extract_answer
 
-    chains = [WRONG, RIGHT, RIGHT_BOXED]
-    row = {
+    return {
         "question": Q,
         "chains": chains,
         "extracted_answers": [extract_answer(c) for c in chains],
-        "chain_truncated": [False, False, False],
+        "chain_truncated": [False] * len(chains),
         "final_answer": "8",
-        "agreement": 2 / 3,
-        "answer_model": "m",
-    }
+    } | extra
+
+
+def test_run_rows_give_pairs_and_rows_without_truncation_flags_give_none() -> None:
+    row = run_row([WRONG, RIGHT, RIGHT_BOXED], agreement=2 / 3, answer_model="m")
     (pair,) = preference_pairs([row, {**row, "chain_truncated": None}, {**row, "final_answer": None}])
     assert pair["answer_model"] == "m" and pair["agreement"] == pytest.approx(2 / 3)
 
@@ -82,3 +84,13 @@ def test_run_rows_give_pairs_and_rows_without_truncation_flags_give_none() -> No
 def test_mismatched_lengths_are_refused() -> None:
     with pytest.raises(ValueError, match="truncation flags"):
         question_pairs(Q, [RIGHT, WRONG], ["8", "13"], [False], "8")
+
+
+def test_a_reviewers_correction_outranks_the_vote() -> None:
+    """Reviewed rows: where a reviewer corrected the answer to the minority's, the minority chain is chosen over
+    the former winners (margin -1, below any min_margin); an unreviewed row keeps the margin rule."""
+    row = run_row([WRONG, WRONG, RIGHT], review_status="corrected_answer")  # the vote said 13; a reviewer: 8
+    (pair,) = preference_pairs([row])
+    assert pair["chosen"][0]["content"] == RIGHT and pair["rejected"][0]["content"] == WRONG
+    assert (pair["chosen_answer"], pair["rejected_answer"], pair["margin"]) == ("8", "13", -1)
+    assert preference_pairs([{**row, "review_status": "unreviewed"}]) == []

@@ -125,3 +125,30 @@ def test_question_diversity_of_a_run_goes_into_its_card(run_copy: Path) -> None:
         "## Question diversity" in card
         and f"| after diversification | 6 | 100.0% | {six['mean_nearest']:.3f} |" in card
     )
+
+
+def test_vote_calibration_goes_into_the_card_with_figures_that_follow_from_the_votes(run_copy: Path) -> None:
+    """benchmarks/bench_consensus.py's report on chains whose scores are known, saved beside a run: the card
+    shows accuracy per agreement level and per min_agreement."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_consensus import report
+
+    from crescent_distilabel.run_dir import CALIBRATION, RunDir
+
+    rows = [{"answer": "... #### 8"}, {"answer": "... #### 12"}, {"answer": "... #### 5"}]
+    chains = [
+        ["So 8.\n#### Answer: 8"] * 3,  # 3/3, right
+        ["#### Answer: 12", "#### Answer: 12", "#### Answer: 13"],  # 2/3, right
+        ["#### Answer: 1", "#### Answer: 2", "#### Answer: 3"],  # 1/3, wrong
+    ]
+    result = {"model": "m", "temperature": 1.0, "max_tokens": 512} | report(rows, chains, 3)
+    assert result["single_sample"]["accuracy"] == round(5 / 9, 3)
+    run = RunDir(run_copy)
+    run.write_report(CALIBRATION, result)
+    run.write_card()
+    card = (run_copy / "README.md").read_text()
+    assert "## How often the vote is right" in card and "3 GSM8K train questions" in card
+    assert "| 3/3 | 1 | 100.0% [" in card and "| 2/3 | 1 | 100.0% [" in card and "| 1/3 | 1 | 0.0% [" in card
+    assert "| >=2/3 | 67% | 100.0% [" in card and "| >=1/3 | 100% | 66.7% [" in card
