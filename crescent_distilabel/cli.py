@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crescent_distilabel.recipe import RecipeError, dump_recipe, load_recipe
 
@@ -258,6 +258,20 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="problems per task (quick runs); default: all")
     p.add_argument("--max-gen-toks", type=int, default=512, help="generation budget per problem")
     p.add_argument("--batch-size", type=int, default=8, help="generation batch, or concurrent requests")
+    p.add_argument(
+        "--server",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="vllm: serve the model with `vllm serve` for the evaluation (continuous batching, faster)",
+    )
+    p.add_argument("--vllm-python", help="--server vllm: the Python that has vLLM (default: this one)")
+
+
+def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``evaluate``'s server arguments from the eval flags."""
+    if args.server == "transformers":
+        return {}
+    return {"server": args.server, "vllm_python": args.vllm_python}
 
 
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
@@ -306,6 +320,7 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     lo.add_argument("recipe", help="recipes/<Model>/loop/config_<variant>.yaml")
     lo.add_argument("--iterations", type=int, help="override the recipe's iterations")
     lo.add_argument("--output-dir", help="override the recipe's output_dir")
+    lo.add_argument("--vllm-python", help="override evaluate.vllm_python: the Python that has vLLM")
 
     sub.add_parser("smollm2-hf", help="convert the PyPI SmolLM2 GGUF to a transformers directory (once)")
 
@@ -349,6 +364,9 @@ def _run_training_command(args: argparse.Namespace, rest: list[str]) -> int:
     if args.command == "evaluate":
         from crescent_distilabel.backends import resolve_hf_model
 
+        if args.base_url and args.server != "transformers":
+            print("crescent: --base-url and --server are alternatives: pass one", file=sys.stderr)
+            return 2
         model = args.model if args.base_url else resolve_hf_model(args.model)
         report = evaluation.evaluate(
             model,
@@ -357,6 +375,8 @@ def _run_training_command(args: argparse.Namespace, rest: list[str]) -> int:
             base_url=args.base_url,
             batch_size=args.batch_size,
             max_gen_toks=args.max_gen_toks,
+            **_server_kwargs(args),
+            server_log=Path(args.output).with_suffix(".vllm.log") if args.output and args.server == "vllm" else None,
         )
         print(report.table())
         if args.output:
@@ -386,7 +406,11 @@ def _run_training_command(args: argparse.Namespace, rest: list[str]) -> int:
     if args.command == "loop":
         from crescent_distilabel.loop import load_loop_recipe, run_loop
 
-        overrides = {k: v for k, v in (("iterations", args.iterations), ("output_dir", args.output_dir)) if v}
+        overrides: dict[str, Any] = {
+            k: v for k, v in (("iterations", args.iterations), ("output_dir", args.output_dir)) if v
+        }
+        if args.vllm_python:
+            overrides["evaluate"] = {"vllm_python": args.vllm_python}
         recipe = load_loop_recipe(args.recipe, overrides)
         run_loop(recipe, log=lambda msg: print(f"crescent: {msg}", file=sys.stderr, flush=True))
         print((Path(recipe.output_dir) / "metrics.md").read_text(), end="")
@@ -426,6 +450,7 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
         from pathlib import Path
 
         kwargs = {"limit": args.limit, "batch_size": args.batch_size, "max_gen_toks": args.max_gen_toks}
+        kwargs.update(_server_kwargs(args))
         before = evaluation.evaluate(base, args.tasks, **kwargs)
         after = evaluation.evaluate(result.model_dir, args.tasks, **kwargs)
         before.save(Path(result.output_dir) / "base_eval.json")

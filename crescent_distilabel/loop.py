@@ -35,7 +35,11 @@ class EvaluateSection(_Section):
     tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_TASKS))
     limit: PositiveInt | None = Field(None, description="problems per task; None: all")
     max_gen_toks: PositiveInt = 512
-    batch_size: PositiveInt = 8
+    batch_size: PositiveInt = Field(8, description="generation batch (transformers) or requests at a time (vllm)")
+    server: Literal["transformers", "vllm"] = Field(
+        "transformers", description="vllm: serve each model with `vllm serve` to evaluate it (continuous batching)"
+    )
+    vllm_python: str | None = Field(None, description="server vllm: the Python that has vLLM (default: this one)")
 
 
 class DecontaminateSection(_Section):
@@ -116,7 +120,8 @@ def load_loop_recipe(path: str | Path, overrides: dict[str, Any] | None = None) 
     if not path.is_file():
         raise LoopError(f"loop recipe file not found: {path}")
     data = read_mapping(path, LoopError, "loop recipe")
-    data.update(overrides or {})
+    for key, value in (overrides or {}).items():  # a section's override changes only the keys it names
+        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
     try:
         recipe = LoopRecipe(**data, base_dir=str(path.parent))
     except ValidationError as err:
@@ -148,6 +153,9 @@ def _evaluate(recipe: LoopRecipe, model: str, path: Path, log: Any) -> EvalRepor
         limit=recipe.evaluate.limit,
         batch_size=recipe.evaluate.batch_size,
         max_gen_toks=recipe.evaluate.max_gen_toks,
+        server=None if recipe.evaluate.server == "transformers" else recipe.evaluate.server,
+        vllm_python=recipe.evaluate.vllm_python,
+        server_log=path.with_suffix(".vllm.log"),
     )
     report.save(path)
     return report

@@ -49,6 +49,50 @@ def report(model: str, strict: float, flexible: float) -> EvalReport:
     return EvalReport(model, scores, True, 50, 256)
 
 
+def test_paired_change_matches_an_independent_computation():
+    import numpy as np
+    from scipy.stats import binomtest
+
+    from crescent_distilabel.evaluation import paired_change
+
+    rng = np.random.default_rng(0)
+    before = rng.random(250) < 0.2
+    after = before.copy()
+    after[rng.choice(np.flatnonzero(~before), 14, replace=False)] = True  # 14 gained
+    after[rng.choice(np.flatnonzero(before), 5, replace=False)] = False  # 5 lost
+    got = paired_change(dict(enumerate(before.tolist())), dict(enumerate(after.tolist())))
+    assert got is not None and (got.n, got.gained, got.lost) == (250, 14, 5)
+    d = after.astype(float) - before.astype(float)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+    assert got.change == pytest.approx(9 / 250)
+    assert (got.low, got.high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert got.p_value == pytest.approx(binomtest(5, 19, 0.5).pvalue)  # McNemar's exact test
+    only_shared = paired_change({0: True, 1: False, 2: True}, {1: True, 2: True, 3: False})
+    assert only_shared is not None and (only_shared.n, only_shared.gained, only_shared.lost) == (2, 1, 0)
+    assert paired_change({0: True}, {1: True}) is None
+
+
+def test_compare_with_per_problem_scores_gives_intervals_and_flips(tmp_path):
+    outcomes = [(False, True)] * 6 + [(True, False)] * 2 + [(True, True)] * 10 + [(False, False)] * 32
+    reports = []
+    for model, side in (("base", 0), ("tuned", 1)):
+        right = [o[side] for o in outcomes]
+        rows = [
+            {"doc_id": i, "target": "1", "response": "", "extracted": {}, "correct": {"strict-match": r}}
+            for i, r in enumerate(right)
+        ]
+        scores = {"gsm8k_0shot": {"strict-match": Score(sum(right) / 50, None, 50)}}
+        path = tmp_path / f"{model}.json"
+        EvalReport(model, scores, True, 50, 512, {"gsm8k_0shot": rows}).save(path)
+        reports.append(EvalReport.load(path))  # the per-problem scores come back from the .samples.jsonl
+    base, tuned = reports
+    assert base.correct("gsm8k_0shot", "strict-match")[0] is False and tuned.correct("gsm8k_0shot", "strict-match")[0]
+    line = next(x for x in compare(base, tuned).splitlines() if "| strict-match |" in x)
+    # 12/50 -> 16/50: Wilson intervals, +8 points paired, 6 problems right only after and 2 only before
+    assert line.startswith("| gsm8k_0shot | strict-match | 24.0% [14.3, 37.4] | 32.0% [20.8, 45.8] | +8.0 pts [")
+    assert line.endswith("| 6 / 2 | 0.29 |")
+
+
 def test_compare_table_shows_both_filters_and_the_change():
     before, after = report("base", 0.1, 0.3), report("tuned", 0.25, 0.28)
     table = compare(before, after)
@@ -73,8 +117,13 @@ def test_evaluate_an_openai_compatible_endpoint_and_compare(llamacpp_server, tmp
     assert all(set(s["extracted"]) == {"strict-match", "flexible-extract"} for s in samples)
     assert "| svamp | flexible-extract |" in done.stdout
 
-    cmp = crescent("compare", str(out), str(out))
-    assert cmp.returncode == 0 and "+0.0 pts |" in cmp.stdout
+    for task, by_filter in report["scores"].items():  # each problem's score adds up to lm-eval's accuracy
+        for name, score in by_filter.items():
+            rows = [s for s in samples if s["task"] == task]
+            assert sum(s["correct"][name] for s in rows) / len(rows) == pytest.approx(score["value"])
+
+    cmp = crescent("compare", str(out), str(out))  # paired: the same model on the same problems changes nothing
+    assert cmp.returncode == 0 and "+0.0 pts [+0.0, +0.0] | 0 / 0 | 1 |" in cmp.stdout
 
 
 def test_a_model_that_does_not_exist_is_named(tmp_path):

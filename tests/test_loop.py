@@ -69,6 +69,15 @@ def test_bad_loop_recipes_are_refused_before_any_work(tmp_path):
         load_loop_recipe(loop_recipe(tmp_path, method="dpo", dpo=str(tmp_path / "nowhere.yaml")))
 
 
+def test_an_evaluate_override_changes_only_the_keys_it_names(tmp_path):
+    path = loop_recipe(tmp_path, evaluate={"tasks": ["gsm8k_0shot"], "limit": 7, "server": "vllm"})
+    recipe = load_loop_recipe(path, {"evaluate": {"vllm_python": "/opt/vllm/bin/python"}})
+    assert (recipe.evaluate.tasks, recipe.evaluate.limit) == (["gsm8k_0shot"], 7)
+    assert (recipe.evaluate.server, recipe.evaluate.vllm_python) == ("vllm", "/opt/vllm/bin/python")
+    with pytest.raises(LoopError, match=r"evaluate.server"):
+        load_loop_recipe(loop_recipe(tmp_path, evaluate={"server": "sglang"}))
+
+
 def test_each_round_trains_its_method_from_the_model_before(tmp_path):
     recipe = load_loop_recipe(loop_recipe(tmp_path, method=["sft", "sft+dpo", "dpo"], iterations=3, dpo=str(DPO)))
     assert [recipe.steps(r) for r in (1, 2, 3)] == [["sft"], ["sft", "dpo"], ["dpo"]]
@@ -111,7 +120,7 @@ def test_two_rounds_generate_train_evaluate_publish(tmp_path, smollm2_hf, hub):
     assert hub.file("dataset", "alice/loop-data-round1", "README.md")
     assert hub.file("dataset", "alice/loop-data-round2", "default/train-00000-of-00001.parquet")
     card = hub.file("model", "alice/loop-model-round2", "README.md").decode()
-    assert "# alice/loop-model-round2" in card and "| gsm8k_0shot | strict-match |" in card and "pts |" in card
+    assert "# alice/loop-model-round2" in card and "| gsm8k_0shot | strict-match |" in card and " pts [" in card
     assert "## Decontamination" in hub.file("dataset", "alice/loop-data-round1", "README.md").decode()
     assert not hub.unknown_routes
 

@@ -210,7 +210,9 @@ def test_crescent_train_lora_evaluate_and_publish(run_copy, smollm2_hf, hub, tmp
     assert record["steps"] == 3 and record["rows"] == 6 and record["peft"] and record["train_loss"] > 0
     assert record["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert (out / "adapter_model.safetensors").is_file() and (out / "merged" / "model.safetensors").is_file()
-    assert "| gsm8k_0shot | flexible-extract |" in done.stdout and "pts |" in done.stdout
+    assert (
+        "| gsm8k_0shot | flexible-extract |" in done.stdout and " pts [" in done.stdout
+    )  # the paired change, with its interval
     after = json.loads((out / "eval.json").read_text())
     assert after["scores"]["gsm8k_0shot"]["strict-match"]["n"] == 3 and after["model"].endswith("merged")
 

@@ -219,6 +219,33 @@ def test_managed_vllm_serve_from_another_environment(tmp_path: Path, smollm2_hf:
 
 @needs_vllm
 @pytest.mark.slow
+def test_evaluate_through_a_managed_vllm_serve(tmp_path: Path, smollm2_hf: Path) -> None:
+    """`crescent evaluate --server vllm`: lm-eval's chat client against a `vllm serve` started for it, with the
+    per-problem scores that `crescent compare` pairs; the server is stopped after."""
+    out = tmp_path / "eval.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "crescent_distilabel.cli", "evaluate", "smollm2", "--server", "vllm",
+         "--vllm-python", str(VLLM_PYTHON), "--tasks", "gsm8k_0shot", "--limit", "3", "--max-gen-toks", "64",
+         "--batch-size", "3", "--output", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["model"] == str(smollm2_hf) and report["scores"]["gsm8k_0shot"]["strict-match"]["n"] == 3
+    rows = [json.loads(line) for line in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(row["response"].strip() for row in rows)  # the served model answered
+    flexible = report["scores"]["gsm8k_0shot"]["flexible-extract"]["value"]
+    assert sum(row["correct"]["flexible-extract"] for row in rows) / 3 == pytest.approx(flexible)
+    log = out.with_suffix(".vllm.log").read_text()
+    assert "Application startup complete" in log
+    port = re.search(r"Starting vLLM server on http://127\.0\.0\.1:(\d+)", log)
+    assert port, log[-2000:]
+    with pytest.raises(requests.ConnectionError):  # stopped after the evaluation
+        requests.get(f"http://127.0.0.1:{port.group(1)}/health", timeout=2)
+
+
+@needs_vllm
+@pytest.mark.slow
 def test_vllm_cpu_serves_many_seeded_requests_at_once_reproducibly(tmp_path: Path, smollm2_hf: Path) -> None:
     """40 seeded n=5 requests in flight: vLLM's CPU build crashed its engine here with chunked prefill on (a
     seeded prompt split across steps); the same seed must give the same samples whatever else is in flight."""
