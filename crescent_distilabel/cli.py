@@ -267,13 +267,6 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vllm-python", help="--server vllm: the Python that has vLLM (default: this one)")
 
 
-def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """``evaluate``'s server arguments from the eval flags."""
-    if args.server == "transformers":
-        return {}
-    return {"server": args.server, "vllm_python": args.vllm_python}
-
-
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser(
         "train",
@@ -375,8 +368,9 @@ def _run_training_command(args: argparse.Namespace, rest: list[str]) -> int:
             base_url=args.base_url,
             batch_size=args.batch_size,
             max_gen_toks=args.max_gen_toks,
-            **_server_kwargs(args),
-            server_log=Path(args.output).with_suffix(".vllm.log") if args.output and args.server == "vllm" else None,
+            server=args.server,
+            vllm_python=args.vllm_python,
+            server_log=Path(args.output).with_suffix(".vllm.log") if args.output else None,
         )
         print(report.table())
         if args.output:
@@ -449,12 +443,18 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
     if args.evaluate:
         from pathlib import Path
 
-        kwargs = {"limit": args.limit, "batch_size": args.batch_size, "max_gen_toks": args.max_gen_toks}
-        kwargs.update(_server_kwargs(args))
-        before = evaluation.evaluate(base, args.tasks, **kwargs)
-        after = evaluation.evaluate(result.model_dir, args.tasks, **kwargs)
-        before.save(Path(result.output_dir) / "base_eval.json")
-        after.save(Path(result.output_dir) / "eval.json")
+        out = Path(result.output_dir)
+        kwargs = {
+            "limit": args.limit,
+            "batch_size": args.batch_size,
+            "max_gen_toks": args.max_gen_toks,
+            "server": args.server,
+            "vllm_python": args.vllm_python,
+        }
+        before = evaluation.evaluate(base, args.tasks, server_log=out / "base_eval.vllm.log", **kwargs)
+        after = evaluation.evaluate(result.model_dir, args.tasks, server_log=out / "eval.vllm.log", **kwargs)
+        before.save(out / "base_eval.json")
+        after.save(out / "eval.json")
         table = evaluation.compare(before, after)
         print(table)
         write_model_card(result, f"Greedy decoding, chat template applied, lm-evaluation-harness.\n\n{table}", repo)

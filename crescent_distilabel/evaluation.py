@@ -339,7 +339,7 @@ def evaluate(
     max_gen_toks: int = 512,
     chat_template: bool = True,
     seed: int = 1234,
-    server: Literal["vllm"] | None = None,
+    server: Literal["transformers", "vllm"] = "transformers",
     vllm_python: str | None = None,
     server_log: Path | None = None,
 ) -> EvalReport:
@@ -355,17 +355,17 @@ def evaluate(
         max_gen_toks: generation budget per problem.
         chat_template: format prompts with the model's chat template (always on for endpoints).
         seed: lm-eval's seeds.
-        server: ``"vllm"``: serve ``model`` with ``vllm serve`` for the evaluation and send it ``batch_size``
-            requests at a time (continuous batching; about twice transformers' speed even on a CPU, where
-            transformers' padded batches wait for their longest answer).
+        server: ``"transformers"`` (or an endpoint with ``base_url``); ``"vllm"``: serve ``model`` with
+            ``vllm serve`` for the evaluation and send it ``batch_size`` requests at a time (continuous batching;
+            about twice transformers' speed even on a CPU, where padded batches wait for their longest answer).
         vllm_python: the Python that has vLLM (default: this one).
         server_log: where the server's output goes (default: a file in the temp directory).
     """
     if server == "vllm":
         kwargs = {"limit": limit, "batch_size": batch_size, "max_gen_toks": max_gen_toks}
         return _evaluate_served(model, tasks, vllm_python, server_log, seed, **kwargs)
-    if server is not None:
-        raise EvalError(f"unknown evaluation server {server!r}; use 'vllm', or none for transformers")
+    if server != "transformers":
+        raise EvalError(f"unknown evaluation server {server!r}; use 'transformers' or 'vllm'")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise EvalError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")

@@ -153,7 +153,7 @@ def _evaluate(recipe: LoopRecipe, model: str, path: Path, log: Any) -> EvalRepor
         limit=recipe.evaluate.limit,
         batch_size=recipe.evaluate.batch_size,
         max_gen_toks=recipe.evaluate.max_gen_toks,
-        server=None if recipe.evaluate.server == "transformers" else recipe.evaluate.server,
+        server=recipe.evaluate.server,
         vllm_python=recipe.evaluate.vllm_python,
         server_log=path.with_suffix(".vllm.log"),
     )
