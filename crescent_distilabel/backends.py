@@ -367,6 +367,7 @@ def build_llm(config: ModelConfig, sampling: SamplingConfig, *, seed: int, check
             model_path=resolve_gguf(config.model),
             n_ctx=config.n_ctx,
             parallel=config.parallel,
+            cpu_turns=config.cpu_turns,
             seed=seed,
             extra_kwargs=extra,
             generation_kwargs=kwargs,

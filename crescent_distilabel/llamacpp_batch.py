@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import ctypes
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 # llama-cpp-python's create_chat_completion defaults, which the one-at-a-time path runs with
 TOP_K = 40
 MIN_P = 0.05
+
+
+class Cancelled(RuntimeError):
+    """:meth:`BatchedLlamaCpp.generate` gave up because ``should_stop`` said so."""
 
 
 @dataclass
@@ -145,10 +150,12 @@ class BatchedLlamaCpp:
         temperature: float,
         top_p: float,
         stop: list[str] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[list[Sample]]:
         """``samples`` sequences for each tokenised prompt; sample ``j`` of prompt ``i`` is seeded ``seeds[i] + j``.
 
-        Returns, per prompt, its samples in order.
+        Returns, per prompt, its samples in order. ``should_stop`` is asked before every decode step: a call of
+        many long sequences takes minutes, and a stopping run must not wait for it (:class:`Cancelled`).
         """
         lib = self._lib
         for tokens in prompts:
@@ -161,6 +168,9 @@ class BatchedLlamaCpp:
         free = list(range(self.parallel - 1, -1, -1))
         lib.llama_memory_clear(self._memory, True)
         while queue or slots:
+            if should_stop is not None and should_stop():
+                left = len(queue) + len(slots)
+                raise Cancelled(f"stopped with {left} of {len(prompts) * samples} sequences unfinished")
             # Sample first, from the logits of the decode just done: any later decode (a prefill) replaces them.
             entries = []
             for seq, slot in list(slots.items()):

@@ -26,6 +26,18 @@ MAX_SEED = 2**31 - 1
 warnings.filterwarnings("ignore", message="A custom validator is returning a value other than `self`")
 
 
+class Interrupted(RuntimeError):
+    """An in-process backend gave up a call because the run is stopping (the calls finished before are stored)."""
+
+
+def interrupted() -> bool:
+    """Whether this process got a Ctrl-C: distilabel's step processes note it in an environment variable (a
+    run forwards a Ctrl-C sent to its main process alone to them, see :func:`pipeline._execute`)."""
+    from distilabel.constants import SIGINT_HANDLER_CALLED_ENV_NAME
+
+    return os.environ.get(SIGINT_HANDLER_CALLED_ENV_NAME) is not None
+
+
 def derive_seed(seed: int, *parts: object) -> int:
     """A stable 31-bit seed for one prompt, from the run seed and what identifies the prompt."""
     digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
@@ -65,10 +77,13 @@ class LlamaCppChatLLM(LlamaCppLLM):
     Attributes:
         model: what to load when ``model_path`` is not given; also the model's name in the data.
         parallel: sequences decoded together; 1: llama-cpp-python's own one-at-a-time path.
+        cpu_turns: in a run with a progress store, take turns with the run's other embedded CPU models
+            (:mod:`crescent_distilabel.cpu_turns`); False: decode whenever called (cores of its own).
     """
 
     model: str | None = None
     parallel: int = Field(default=1, ge=1)
+    cpu_turns: bool = True
     _batched: Any = PrivateAttr(None)
     model_path: RuntimeParameter[FilePath] | None = Field(  # optional here: ``model`` can stand in for it
         default=None, description="The path to the GGUF model; default: resolved from `model`.", exclude=True
@@ -116,6 +131,8 @@ class LlamaCppChatLLM(LlamaCppLLM):
         for i, chat in enumerate(inputs):
             texts, in_tok, out_tok, truncated = [], [], [], []
             for j in range(num_generations):
+                if interrupted():  # between samples: one takes seconds, a call of many takes minutes
+                    raise Interrupted("the run is stopping")
                 extra: dict[str, Any] = {}
                 if seeds is not None:
                     extra["seed"] = (seeds[i] + j) % MAX_SEED
@@ -147,9 +164,20 @@ class LlamaCppChatLLM(LlamaCppLLM):
         prompts = [chat_tokens(self._model, chat) for chat in inputs]  # type: ignore[arg-type]
         if seeds is None:
             seeds = [derive_seed(self.seed, i) for i in range(len(inputs))]
-        rows = self._batched.generate(
-            prompts, num_generations, [s % MAX_SEED for s in seeds], max_new_tokens, temperature, top_p
-        )
+        from crescent_distilabel.llamacpp_batch import Cancelled
+
+        try:
+            rows = self._batched.generate(
+                prompts,
+                num_generations,
+                [s % MAX_SEED for s in seeds],
+                max_new_tokens,
+                temperature,
+                top_p,
+                should_stop=interrupted,
+            )
+        except Cancelled as err:
+            raise Interrupted(str(err)) from None
         return [
             generation_output(
                 [s.text for s in row],

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import platform
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -42,7 +44,7 @@ from crescent_distilabel.run_dir import (
     save_config,
 )
 from crescent_distilabel.steps import BaitCalls, BaitPrompting, BaitSampling, Consensus, Diversify
-from crescent_distilabel.steps._llm import ABORT, WORKER
+from crescent_distilabel.steps._llm import ABORT, STOP, WORKER
 from crescent_distilabel.store import ProgressStore, StageStats, stage_throughput
 from crescent_distilabel.vllm_backend import engine_plan_error, needs_server, serve_models, visible_gpus
 
@@ -439,7 +441,10 @@ def run_recipe(
         "show_progress": show_progress,
         "verbose": verbose,
     }
-    if question_llm is None and (plan := engine_plan_error(recipe, visible_gpus())):  # before any process starts
+    # before any process starts; only for in-process vLLM: counting GPUs imports torch, and then the run
+    # could not fork its step processes from here (see fork_unsafe)
+    in_process_vllm = any(getattr(recipe, name).backend == "vllm" for name in recipe.llm_steps())
+    if question_llm is None and in_process_vllm and (plan := engine_plan_error(recipe, visible_gpus())):
         raise BackendError(plan)
     if not recipe.ray.enabled and (module := fork_unsafe()):
         logger.info(f"{module} is loaded in this process, so the run goes on in a fresh process (see fork_unsafe)")
@@ -475,9 +480,21 @@ def _in_fresh_process(recipe: Recipe, kwargs: dict[str, Any]) -> RunResult:
         future = pool.submit(_run_elsewhere, recipe, **kwargs)
         try:
             result, paths = future.result()
-        except KeyboardInterrupt:
-            result, paths = future.result()
+        except KeyboardInterrupt:  # to the run too, which may not have had it (``kill -INT`` of this process)
+            _forward_sigint(pool)
+            try:
+                result, paths = future.result()
+            except KeyboardInterrupt:
+                _forward_sigint(pool)
+                raise
     return replace(result, distiset=_load_distiset(result.output_dir, paths))
+
+
+def _forward_sigint(pool: Any) -> None:
+    """SIGINT to the fresh process (the run ignores it when the terminal sent it there too)."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        with contextlib.suppress(OSError):
+            os.kill(process.pid, signal.SIGINT)
 
 
 def _run_elsewhere(recipe: Recipe, **kwargs: Any) -> tuple[RunResult, tuple[Any, Any]]:
@@ -615,6 +632,7 @@ def _execute(
     db_path = progress_path(output_dir)
     store = ProgressStore(db_path)
     store.clear_state(ABORT)
+    store.clear_state(STOP)
     for name in store.states(WORKER):  # PIDs of an earlier attempt's processes
         store.clear_state(name)
     before = store.count_generations()
@@ -632,6 +650,7 @@ def _execute(
         if show_progress
         else contextlib.nullcontext()
     )
+    stop_on_ctrl_c(pipeline, db_path)
     bars = datasets.utils.logging.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # the run shows its own progress; datasets' bars would interleave
     try:
@@ -661,6 +680,62 @@ def _execute(
     finally:
         if bars:
             datasets.enable_progress_bars()
+
+
+DUPLICATE_SIGINT_S = 1.0
+"""A second SIGINT this soon after the first is the same Ctrl-C arriving twice (to the process group and
+forwarded by the parent); a real second Ctrl-C comes later."""
+
+
+def stop_on_ctrl_c(pipeline: Pipeline, db_path: Path) -> None:
+    """Make the first Ctrl-C stop the run within seconds, as the second does in distilabel, but losing nothing.
+
+    distilabel's first Ctrl-C only stops new batches; the step processes still work through every batch already
+    queued for them (with bait far ahead of consensus, hours of them) and finish the call in progress. Here the
+    run is also marked stopping in its progress store, so queued batches make no LLM calls, and a Ctrl-C sent to
+    the main process alone (``kill -INT``) is forwarded to the step processes, whose in-process backends give up
+    the call they are in (:class:`crescent_distilabel.llms.Interrupted`). Everything stored stays; the re-run
+    makes the abandoned calls again. A second Ctrl-C (more than a second later) is distilabel's: it terminates
+    the step processes.
+    """
+    original = pipeline._handle_keyboard_interrupt
+
+    def install() -> Any:
+        previous = original()  # distilabel's handler, which stops the pipeline; ours runs first
+        handler = signal.getsignal(signal.SIGINT)
+        first: float | None = None
+
+        def first_stops_the_calls(signum: int, frame: Any) -> None:
+            nonlocal first
+            if first is not None and time.monotonic() - first < DUPLICATE_SIGINT_S:
+                return  # the same Ctrl-C twice: from the terminal to the process group, and forwarded
+            if first is None:
+                first = time.monotonic()
+                store = ProgressStore(db_path)  # its own connection: the handler may run inside another's query
+                try:
+                    store.set_state(STOP, "ctrl-c")
+                    workers = [int(name.removeprefix(WORKER)) for name in store.states(WORKER)]
+                finally:
+                    store.close()
+                for pid in workers:
+                    if _parent_of(pid) == os.getpid():  # a step process of this run, never anything else
+                        with contextlib.suppress(OSError):  # gone meanwhile
+                            os.kill(pid, signal.SIGINT)
+            if callable(handler):
+                handler(signum, frame)
+
+        signal.signal(signal.SIGINT, first_stops_the_calls)
+        return previous
+
+    pipeline._handle_keyboard_interrupt = install  # type: ignore[method-assign]
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent PID of a process (Linux ``/proc``); None when it is gone or cannot be read."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _write_run(

@@ -48,6 +48,11 @@ class ModelConfig(_Section):
         description="llamacpp: sequences decoded together in one context (continuous batching; 2.4x the "
         "tokens/s at 18 on 2 cores); 1: llama-cpp-python's one-at-a-time path. Same sampler either way",
     )
+    cpu_turns: bool = Field(
+        True,
+        description="llamacpp: the run's steps take turns decoding, each with every core, later stages first "
+        "(two llama.cpp processes on the same cores slow each other down 7x); false: all decode at once",
+    )
     timeout: float = Field(120.0, gt=0)
     max_retries: int = Field(6, ge=0)
     # vllm / vllm_serve
@@ -302,6 +307,7 @@ _OPERATIONAL_MODEL_KEYS = {
     "timeout",
     "max_retries",
     "n_threads",
+    "cpu_turns",
     "parallel",  # the same sampler: like a server's batching, it changes the last bits of logits, not the method
     "tensor_parallel_size",  # hardware: a run may continue on a machine with more or fewer GPUs
     "gpu_memory_utilization",

@@ -3,10 +3,12 @@ re-run, a fault injector in front of the server (tests/fault_proxy.py, a named f
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -128,6 +130,55 @@ def test_secrets_never_reach_any_file_or_log(llamacpp_server: str, tmp_path: Pat
         for path in written:
             assert value.encode() not in path.read_bytes(), f"secret found in {path}"
         assert value not in captured.out and value not in captured.err
+
+
+@pytest.mark.parametrize("to", ["group", "main"])
+def test_one_ctrl_c_stops_a_long_run_within_seconds_and_keeps_what_was_stored(tmp_path: Path, to: str) -> None:
+    """One Ctrl-C, with bait far ahead of consensus and a call of many sequences in progress (the run that
+    once went on for an hour after it): the run stops within seconds, exit 3, as interrupted (not failed).
+    ``to``: the terminal's process group, or ``kill -INT`` of the main process alone."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "crescent_distilabel.cli", "generate", "--output-dir", str(out)]
+    settings = ["question_model.model=smollm2", "question_model.parallel=8", "bait.num_calls=200"]
+    settings += ["bait.samples_per_call=4", "sampling.max_new_tokens=96", "consensus.k=3", "diversify.enabled=false"]
+    settings += [f"question_model.n_threads={worker_threads()}"]
+    for item in settings:
+        args += ["--set", item]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    db, deadline = progress_path(out), time.monotonic() + 600
+    # two bait batches (12 calls each) stored, and answers: bait has run beside consensus
+    while count_rows(db, "SELECT COUNT(*) FROM generations WHERE stage = 'bait' AND created > ?", 0) < 24 or (
+        count_rows(db, "SELECT COUNT(*) FROM generations WHERE stage = 'answer' AND created > ?", 0) < 1
+    ):
+        assert proc.poll() is None and time.monotonic() < deadline, "bait and consensus not both at work"
+        time.sleep(0.2)
+    stored = count_rows(db, "SELECT COUNT(*) FROM generations WHERE created > ?", 0)
+    if to == "group":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGINT)
+    signalled = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=90)  # the whole run would take an hour; a hang fails here
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("one Ctrl-C did not stop the run within 90 s") from None
+    stopped_in = time.monotonic() - signalled
+    assert proc.returncode == 3, err[-2000:]
+    assert "interrupted after" in err and "re-run the same command to continue" in err, err[-2000:]
+    bait = count_rows(db, "SELECT COUNT(*) FROM generations WHERE stage = 'bait' AND created > ?", 0)
+    assert bait < 200, "bait finished before the Ctrl-C: the test no longer stops a long run"
+    assert count_rows(db, "SELECT COUNT(*) FROM generations WHERE created > ?", 0) >= stored  # nothing lost
+    # bait and consensus were both busy: their embedded llama.cpp models took turns (cpu_turns), never at once
+    con = sqlite3.connect(db)
+    # the rows of one call share its start
+    calls = "SELECT started, MAX(created), stage FROM generations GROUP BY started, stage"
+    spans = sorted(con.execute(calls).fetchall())
+    con.close()
+    assert {stage for *_, stage in spans} == {"bait", "answer"}
+    for (_, end, before), (start, _, after) in itertools.pairwise(spans):
+        assert start >= end - 1.0, f"{before} and {after} decoded at once"
+    print(f"stopped {stopped_in:.1f} s after one Ctrl-C to the {to}, {bait} of 200 bait calls stored")
 
 
 def test_ctrl_c_stops_with_exit_3_and_the_rerun_completes(tmp_path: Path) -> None:

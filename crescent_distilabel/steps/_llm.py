@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from distilabel.models.llms.base import AsyncLLM
 
+from crescent_distilabel.cpu_turns import cpu_turn, turns_path
+from crescent_distilabel.llms import Interrupted, interrupted
 from crescent_distilabel.store import ProgressStore, generation_key
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 ABORT = "abort"
 """State key set when the run must stop (a backend failed after its retries, a stage was rejected, a step
 raised): later batches skip their LLM calls."""
+STOP = "stop"
+"""State key set when the user stopped the run (Ctrl-C): no further LLM calls, and no failure to report."""
 WORKER = "worker:"
 """State key prefix: ``worker:<pid>`` names the step a process runs, so a dead process can be named."""
 NOT_PER_PROMPT = {401, 403, 404, 408, 409, 429}
@@ -54,6 +58,11 @@ class Samples(NamedTuple):
 
 class BackendFailure(RuntimeError):
     """The backend failed after its retries, or rejected a whole stage; everything finished so far is stored."""
+
+
+def stopping(store: ProgressStore | None) -> bool:
+    """Whether the user stopped the run: then queued batches make no LLM calls and go by in moments."""
+    return interrupted() or (store is not None and store.get_state(STOP) is not None)
 
 
 def user_turn(content: str) -> list[dict[str, str]]:
@@ -98,7 +107,7 @@ def refusal(err: BaseException, *, in_process: bool) -> str | None:
         if 400 <= status < 500 and status not in NOT_PER_PROMPT:
             return f"HTTP {status}: {_server_message(err)}"[:500]
         return None
-    transient = (openai.APIConnectionError, openai.APITimeoutError, ConnectionError, TimeoutError)
+    transient = (openai.APIConnectionError, openai.APITimeoutError, ConnectionError, TimeoutError, Interrupted)
     if isinstance(err, transient) or not in_process:
         return None
     return f"{type(err).__name__}: {err}"[:500]
@@ -148,8 +157,13 @@ class Pending:
         return not self.unfinished()
 
     def result(self) -> list[Samples]:
-        """Waits for every request; then as :func:`generate`."""
-        concurrent.futures.wait(list(self._futures.values()))
+        """Waits for every request; then as :func:`generate`. A Ctrl-C cancels the requests still running."""
+        futures = list(self._futures.values())
+        while concurrent.futures.wait(futures, timeout=0.5).not_done:
+            if interrupted():
+                for future in futures:
+                    future.cancel()
+                raise BackendFailure("the run is stopping")
         return self._settle()
 
 
@@ -168,7 +182,9 @@ def submit(
     if not prompts:
         return Pending([], {}, list)
     if aborted(store):
-        raise BackendFailure("an earlier batch failed; no more LLM calls in this run")
+        raise BackendFailure(
+            "the run is stopping" if stopping(store) else "an earlier batch failed; no more LLM calls in this run"
+        )
     kwargs = llm.get_generation_kwargs()
     seeded = seeds is not None and _takes(llm.generate, "seeds")
     keys: list[str | None] = [None] * len(prompts)
@@ -191,6 +207,8 @@ def submit(
         failures = [f.exception() for f in futures.values() if f.exception() is not None]
         if errors or failures:
             err = (errors + failures)[0]
+            if isinstance(err, Interrupted) or stopping(store):  # the user stopped the run: not a failure
+                raise BackendFailure("the run is stopping") from err
             failure = BackendFailure(f"{type(err).__name__}: {err}")
             record_failure(store, stage, str(failure))
             raise failure from err
@@ -217,13 +235,19 @@ def submit(
         if store is not None and keys[i] is not None and any(t is not None for t in samples.texts):
             store.put_generation(keys[i], stage, *samples[:3], started=started, requests=1)
 
+    # embedded CPU backends of a run take turns (see cpu_turns); the later stages first
+    turns = turns_path(store.path) if store is not None and getattr(llm, "cpu_turns", False) else None
+
     def one_by_one(indices: list[int]) -> None:
         """In-process, one prompt per call: an error raised for a prompt rejects that prompt only."""
         for i in indices:
-            started = time.time()
+            if stopping(store):
+                raise Interrupted("the run is stopping")
             extra = {"seeds": [seeds[i]]} if seeded and seeds is not None else {}
             try:
-                output = llm.generate_outputs([user_turn(prompts[i])], num_generations, **kwargs, **extra)[0]
+                with cpu_turn(turns, urgent=stage != "bait"):
+                    started = time.time()
+                    output = llm.generate_outputs([user_turn(prompts[i])], num_generations, **kwargs, **extra)[0]
             except Exception as err:
                 if (message := refusal(err, in_process=True)) is None:
                     raise
@@ -239,9 +263,10 @@ def submit(
         elif todo:
             extra = {"seeds": [seeds[i] for i in todo]} if seeded and seeds is not None else {}
             chats = [user_turn(prompts[i]) for i in todo]
-            started = time.time()
             try:
-                outputs = llm.generate_outputs(chats, num_generations, **kwargs, **extra)
+                with cpu_turn(turns, urgent=stage != "bait"):
+                    started = time.time()
+                    outputs = llm.generate_outputs(chats, num_generations, **kwargs, **extra)
             except Exception as err:
                 if refusal(err, in_process=True) is None:
                     raise
@@ -370,8 +395,8 @@ def open_store(path: str | None, step: str | None = None) -> ProgressStore | Non
 
 
 def aborted(store: ProgressStore | None) -> bool:
-    """Whether the run must stop (see :data:`ABORT`): then no further LLM calls are made."""
-    return store is not None and store.get_state(ABORT) is not None
+    """Whether the run must stop (a failure, see :data:`ABORT`, or the user): then no further LLM calls are made."""
+    return (store is not None and store.get_state(ABORT) is not None) or stopping(store)
 
 
 def record_failure(store: ProgressStore | None, stage: str, message: str) -> None:
