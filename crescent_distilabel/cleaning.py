@@ -24,7 +24,7 @@ DROP_REASONS = (
 )
 """Every reason :func:`clean_question` can give for dropping a sample."""
 
-CLEANING_VERSION = 3
+CLEANING_VERSION = 4
 """Bumped whenever :func:`clean_question` keeps or drops some text differently (part of a run's fingerprint)."""
 
 _CHATTY_START = (
@@ -122,6 +122,17 @@ def strip_chat(text: str) -> str:
         text = text[1:-1].strip()
     elif text.startswith("“") and text.endswith("”"):
         text = text[1:-1].strip()
+    return _unpaired_quotes(text)
+
+
+def _unpaired_quotes(text: str) -> str:
+    """Drop a quote that opens the problem and never closes, or closes it and never opened: the model began
+    the problem as a quotation and stopped without closing it (Qwen2.5-Coder-0.5B: 15% of its kept questions),
+    or the closing quote was all that remained of it before a cut solution."""
+    if (text[:1] == '"' and text.count('"') == 1) or (text[:1] == "“" and "”" not in text):
+        text = text[1:].lstrip()
+    if (text[-1:] == '"' and text.count('"') == 1) or (text[-1:] == "”" and "“" not in text):
+        text = text[:-1].rstrip()
     return text
 
 

@@ -94,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start over: remove what earlier runs wrote in output_dir, never other files (default: continue)",
     )
+    gen.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="make the run again with this recipe and code, reusing every stored LLM output (for a run made with "
+        "other settings or an older version); only what is missing is generated",
+    )
     gen.add_argument("--verbose", action="store_true", help="also show distilabel's log (always in pipeline.log)")
     gen.add_argument("--no-progress", action="store_true", help="no live progress display")
     gen.add_argument("--ray", action="store_true", help="run on Ray (ray.enabled=true; needs the [ray] extra)")
@@ -119,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("ray.enabled=true")
     if getattr(args, "ray_address", None):
         overrides.append(f"ray.address={args.ray_address}")
+    if getattr(args, "overwrite", False) and getattr(args, "rebuild", False):
+        print(
+            "crescent: --overwrite and --rebuild exclude each other (--rebuild keeps the LLM outputs)", file=sys.stderr
+        )
+        return 2
     try:
         recipe = load_recipe(args.recipe, overrides)
     except RecipeError as err:
@@ -139,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     from crescent_distilabel.ray_cluster import RayClusterError
 
     try:
-        result = run_recipe(recipe, overwrite=args.overwrite, show_progress=not args.no_progress, verbose=args.verbose)
+        result = run_recipe(
+            recipe,
+            overwrite=args.overwrite,
+            rebuild=args.rebuild,
+            show_progress=not args.no_progress,
+            verbose=args.verbose,
+        )
     except (BackendError, OutputExistsError, RecipeChangedError, RayClusterError, StepLoadError) as err:
         print(f"crescent: {err}", file=sys.stderr)
         return 1

@@ -39,6 +39,7 @@ from crescent_distilabel.run_dir import (
     STATE_DIR,
     RunDir,
     atomic_write,
+    clear_results,
     clear_run,
     preference_config,
     save_config,
@@ -361,8 +362,11 @@ def progress_path(output_dir: Path) -> Path:
     return output_dir / STATE_DIR / "progress.sqlite"
 
 
-def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool) -> bool:
+def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool, rebuild: bool = False) -> bool:
     """Start, continue or refuse: returns True when an earlier run of the same recipe is continued.
+
+    ``rebuild`` starts over as ``overwrite`` does but keeps the LLM's stored outputs (:func:`clear_results`), so
+    a run made with other settings or an older version of the code is made again without generating again.
 
     Raises:
         RecipeChangedError: the earlier run used settings that change results (names them).
@@ -382,6 +386,8 @@ def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool) -> boo
             )
         if overwrite:  # only what runs write; the user's own files stay
             clear_run(output_dir)
+        elif rebuild:
+            clear_results(output_dir)
         else:
             old = json.loads(saved.read_text())
             changes = changed_settings(old, recipe.result_settings())
@@ -389,8 +395,8 @@ def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool) -> boo
                 listed = "\n  ".join(changes)
                 raise RecipeChangedError(
                     f"{output_dir} holds a run made with other settings, which would change its results:\n  {listed}\n"
-                    "Re-run with the original settings to continue it, pass --overwrite to start over, or choose "
-                    "another output_dir."
+                    "Re-run with the original settings to continue it, pass --rebuild to make it again with these "
+                    "(reusing every stored LLM output), --overwrite to start over, or choose another output_dir."
                 )
             resumed = True
     (output_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
@@ -405,6 +411,7 @@ def run_recipe(
     recipe: Recipe,
     *,
     overwrite: bool = False,
+    rebuild: bool = False,
     question_llm: LLM | None = None,
     answer_llm: LLM | None = None,
     embeddings: Embeddings | None = None,
@@ -425,6 +432,7 @@ def run_recipe(
     Args:
         recipe: the run's settings.
         overwrite: start over: remove what earlier runs wrote in ``output_dir`` (never other files).
+        rebuild: start over but keep the stored LLM outputs: for a run made with other settings or code.
         show_progress: draw live progress on stderr while the run goes.
         verbose: show distilabel's own log on the console too (it always goes to the run's pipeline.log).
         question_llm: any distilabel LLM instead of the recipe's question model.
@@ -434,6 +442,7 @@ def run_recipe(
     """
     kwargs = {
         "overwrite": overwrite,
+        "rebuild": rebuild,
         "question_llm": question_llm,
         "answer_llm": answer_llm,
         "embeddings": embeddings,
@@ -531,6 +540,7 @@ def _run(
     recipe: Recipe,
     *,
     overwrite: bool,
+    rebuild: bool,
     question_llm: LLM | None,
     answer_llm: LLM | None,
     embeddings: Embeddings | None,
@@ -552,12 +562,12 @@ def _run(
     try:
         with contextlib.ExitStack() as servers:
             if needs_server(recipe):  # start `vllm serve` only once the output directory is known to be usable
-                resumed = prepare_output_dir(output_dir, recipe, overwrite)
+                resumed = prepare_output_dir(output_dir, recipe, overwrite, rebuild)
                 served = servers.enter_context(serve_models(recipe, output_dir / STATE_DIR))
                 pipeline = build_pipeline(served, **parts)
             else:  # a wrong endpoint fails here, before --overwrite deletes anything
                 pipeline = build_pipeline(recipe, **parts)
-                resumed = prepare_output_dir(output_dir, recipe, overwrite)
+                resumed = prepare_output_dir(output_dir, recipe, overwrite, rebuild)
             if recipe.ray.enabled:
                 pipeline = ray_cluster.to_ray(pipeline)
             result = _execute(recipe, pipeline, output_dir, resumed, show_progress=show_progress, verbose=verbose)

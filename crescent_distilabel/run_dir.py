@@ -83,6 +83,35 @@ def clear_run(output_dir: Path) -> list[str]:
     return removed
 
 
+def clear_results(output_dir: Path) -> list[str]:
+    """Remove what a run decided and wrote, keeping the LLM's stored outputs: :func:`clear_run` except that the
+    progress store stays, with its generations, rejections and embeddings (each keyed by exactly what was
+    asked, so still right for any code or settings) and without its decisions. Returns the names removed."""
+    from crescent_distilabel.store import ProgressStore
+
+    output_dir = Path(output_dir)
+    if not is_run_dir(output_dir):
+        raise RunDirError(f"{output_dir} holds no CRESCENT run ({RUN_MARKER} missing): nothing to rebuild")
+    removed = []
+    for name in RUN_ENTRIES:
+        path = output_dir / name
+        if name == STATE_DIR or not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(name)
+    store_path = output_dir / STATE_DIR / "progress.sqlite"
+    if store_path.is_file():
+        store = ProgressStore(store_path)
+        try:
+            store.forget_decisions()
+        finally:
+            store.close()
+    return removed
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write a file so a reader (or a killed writer) never sees half of it."""
     tmp = path.with_name(path.name + ".tmp")

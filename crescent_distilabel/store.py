@@ -236,6 +236,10 @@ class ProgressStore:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?)", rows)
 
+    def forget_decisions(self) -> None:
+        """Drop every stage decision (a rebuild makes them again from the stored generations)."""
+        self._db.execute("DELETE FROM decisions")
+
     def count_decisions(self, stage: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM decisions WHERE stage = ?", (stage,)).fetchone()[0]
 

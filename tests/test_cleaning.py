@@ -239,3 +239,30 @@ def test_multiple_choice_questions_need_their_options() -> None:
         assert clean_question(text, require_digits=False, min_options=4).drop_reason == "no_options"
     assert clean_question(NO_OPTIONS, require_digits=False).drop_reason is None  # off unless asked for
     assert "no_options" in DROP_REASONS
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [  # Qwen2.5-Coder-0.5B's bait samples, as written
+        (
+            '"Find the area of the rectangle that has dimensions 4 units by 5 units.',
+            "Find the area of the rectangle that has dimensions 4 units by 5 units.",
+        ),
+        (
+            '"Find the smallest positive integer \\( n \\) such that \\( 10^{n+1} - 36 < n^2 + 36 \\).',
+            "Find the smallest positive integer \\( n \\) such that \\( 10^{n+1} - 36 < n^2 + 36 \\).",
+        ),
+        ("“How many apples are left if 3 of 12 are eaten?", "How many apples are left if 3 of 12 are eaten?"),
+        ('How many apples are left if 3 of 12 are eaten?"', "How many apples are left if 3 of 12 are eaten?"),
+        (  # quotes inside the problem are its own, and stay
+            'A sign reads "5 for $2". How much do 15 cost?',
+            'A sign reads "5 for $2". How much do 15 cost?',
+        ),
+        (
+            '"Tom says "I have 3 coins". How many coins do 4 such boys have?',
+            '"Tom says "I have 3 coins". How many coins do 4 such boys have?',
+        ),
+    ],
+)
+def test_a_quote_that_opens_or_closes_the_problem_alone_goes(raw: str, expected: str) -> None:
+    assert clean_question(raw).question == expected

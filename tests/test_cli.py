@@ -67,6 +67,13 @@ def test_bad_recipe_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def test_overwrite_and_rebuild_together_exit_2_touching_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    done = crescent("generate", str(CPU_RECIPE), "--overwrite", "--rebuild", "--output-dir", str(out))
+    assert done.returncode == 2 and "--rebuild keeps the LLM outputs" in done.stderr, done.stderr
+    assert not out.exists()
+
+
 def test_unreachable_endpoint_exits_1_with_the_url(tmp_path: Path) -> None:
     from conftest import free_port
 

@@ -175,6 +175,47 @@ def test_changed_settings_are_refused_by_name(tmp_path: Path) -> None:
     assert run_recipe(changed, question_llm=llm, answer_llm=llm, overwrite=True).summary.raw_samples == 1
 
 
+def test_rebuild_makes_a_changed_run_again_from_its_stored_outputs(tmp_path: Path) -> None:
+    """--rebuild: a run made with other settings is made again with these, without one LLM call, and equals a
+    fresh run with them; the user's own files in the directory stay."""
+    import sqlite3
+
+    from crescent_distilabel.pipeline import RecipeChangedError, progress_path
+
+    def llms() -> tuple[FakeLLM, FakeLLM]:
+        return FakeLLM(rules={"creativity": BAIT_REPLIES, "very similar": ["Sorry, no."]}), FakeLLM(rules=ANSWERS)
+
+    question_llm, answer_llm = llms()
+    first = run_recipe(recipe(tmp_path), question_llm=question_llm, answer_llm=answer_llm)
+    assert {r["question"] for r in rows(tmp_path, "default")} == {APPLES, TRAIN}  # 2 of 3 and 3 of 3 agree
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    unanimous = recipe(tmp_path, consensus={"min_agreement": 1.0})
+    failing = FakeLLM(fail_on=" ")  # any call would fail
+    with pytest.raises(RecipeChangedError, match="--rebuild"):
+        run_recipe(unanimous, question_llm=failing, answer_llm=failing.model_copy())
+    again = run_recipe(unanimous, rebuild=True, question_llm=failing, answer_llm=failing.model_copy())
+    assert again.complete and not again.resumed and again.new_generations == 0
+    assert again.reused_generations == first.new_generations
+    rebuilt = {c: rows(tmp_path, c) for c in ("default", "dropped")}
+    assert [r["question"] for r in rebuilt["default"]] == [TRAIN]
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    con = sqlite3.connect(progress_path(tmp_path / "run"))
+    outcomes = dict(con.execute("SELECT item, outcome FROM decisions WHERE stage = 'consensus'").fetchall())
+    con.close()
+    assert outcomes[APPLES] == "low_agreement" and outcomes[TRAIN] == "kept"  # the old decisions are gone
+
+    fresh_dir = tmp_path / "fresh"
+    fresh_dir.mkdir()
+    question_llm, answer_llm = llms()
+    run_recipe(unanimous, question_llm=question_llm, answer_llm=answer_llm)  # again: resumes the rebuilt run
+    run_recipe(
+        load_recipe({**unanimous.model_dump(), "output_dir": str(fresh_dir / "run")}),
+        question_llm=question_llm,
+        answer_llm=answer_llm,
+    )
+    assert {c: rows(fresh_dir, c) for c in ("default", "dropped")} == rebuilt
+
+
 def test_ablations_change_the_pipeline(tmp_path: Path) -> None:
     no_div = build_pipeline(
         recipe(tmp_path, diversify={"enabled": False}), question_llm=FakeLLM(), answer_llm=FakeLLM()
