@@ -132,15 +132,15 @@ def test_secrets_never_reach_any_file_or_log(llamacpp_server: str, tmp_path: Pat
         assert value not in captured.out and value not in captured.err
 
 
-@pytest.mark.parametrize("to", ["group", "main"])
-def test_one_ctrl_c_stops_a_long_run_within_seconds_and_keeps_what_was_stored(tmp_path: Path, to: str) -> None:
+def test_one_ctrl_c_stops_a_long_run_within_seconds_and_keeps_what_was_stored(tmp_path: Path) -> None:
     """One Ctrl-C, with bait far ahead of consensus and a call of many sequences in progress (the run that
     once went on for an hour after it): the run stops within seconds, exit 3, as interrupted (not failed).
-    ``to``: the terminal's process group, or ``kill -INT`` of the main process alone."""
+    Sent as ``kill -INT`` to the main process alone, the harder case: the step processes get it only forwarded
+    (a terminal's Ctrl-C reaches the whole process group: test_ctrl_c_stops_with_exit_3_and_the_rerun_completes)."""
     out = tmp_path / "run"
     args = [sys.executable, "-m", "crescent_distilabel.cli", "generate", "--output-dir", str(out)]
     settings = ["question_model.model=smollm2", "question_model.parallel=8", "bait.num_calls=200"]
-    settings += ["bait.samples_per_call=4", "sampling.max_new_tokens=96", "consensus.k=3", "diversify.enabled=false"]
+    settings += ["bait.samples_per_call=4", "sampling.max_new_tokens=64", "consensus.k=3", "diversify.enabled=false"]
     settings += [f"question_model.n_threads={worker_threads()}"]
     for item in settings:
         args += ["--set", item]
@@ -153,10 +153,7 @@ def test_one_ctrl_c_stops_a_long_run_within_seconds_and_keeps_what_was_stored(tm
         assert proc.poll() is None and time.monotonic() < deadline, "bait and consensus not both at work"
         time.sleep(0.2)
     stored = count_rows(db, "SELECT COUNT(*) FROM generations WHERE created > ?", 0)
-    if to == "group":
-        os.killpg(proc.pid, signal.SIGINT)
-    else:
-        os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGINT)
     signalled = time.monotonic()
     try:
         _, err = proc.communicate(timeout=90)  # the whole run would take an hour; a hang fails here
@@ -178,7 +175,7 @@ def test_one_ctrl_c_stops_a_long_run_within_seconds_and_keeps_what_was_stored(tm
     assert {stage for *_, stage in spans} == {"bait", "answer"}
     for (_, end, before), (start, _, after) in itertools.pairwise(spans):
         assert start >= end - 1.0, f"{before} and {after} decoded at once"
-    print(f"stopped {stopped_in:.1f} s after one Ctrl-C to the {to}, {bait} of 200 bait calls stored")
+    print(f"stopped {stopped_in:.1f} s after one Ctrl-C, {bait} of 200 bait calls stored")
 
 
 def test_ctrl_c_stops_with_exit_3_and_the_rerun_completes(tmp_path: Path) -> None:
