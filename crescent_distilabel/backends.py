@@ -292,12 +292,20 @@ class LocalServer:
             proc.wait()
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, parent PID, ...); None when the process
+    is gone or this is not Linux."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def _foreign_exit_code(pid: int) -> int | None:
     """The exit code of another process's child (a zombie until its parent reaps it), or None while it runs;
     -1 when it is gone and its code with it."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    fields = proc_stat(pid)
+    if fields is None:
         return None if sys.platform != "linux" else -1
     if fields[0] not in ("Z", "X"):
         return None

@@ -21,13 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from crescent_distilabel.llms import Interrupted
+
 # llama-cpp-python's create_chat_completion defaults, which the one-at-a-time path runs with
 TOP_K = 40
 MIN_P = 0.05
-
-
-class Cancelled(RuntimeError):
-    """:meth:`BatchedLlamaCpp.generate` gave up because ``should_stop`` said so."""
 
 
 @dataclass
@@ -155,7 +153,7 @@ class BatchedLlamaCpp:
         """``samples`` sequences for each tokenised prompt; sample ``j`` of prompt ``i`` is seeded ``seeds[i] + j``.
 
         Returns, per prompt, its samples in order. ``should_stop`` is asked before every decode step: a call of
-        many long sequences takes minutes, and a stopping run must not wait for it (:class:`Cancelled`).
+        many long sequences takes minutes, and a stopping run must not wait for it (raises ``Interrupted``).
         """
         lib = self._lib
         for tokens in prompts:
@@ -170,7 +168,7 @@ class BatchedLlamaCpp:
         while queue or slots:
             if should_stop is not None and should_stop():
                 left = len(queue) + len(slots)
-                raise Cancelled(f"stopped with {left} of {len(prompts) * samples} sequences unfinished")
+                raise Interrupted(f"stopped with {left} of {len(prompts) * samples} sequences unfinished")
             # Sample first, from the logits of the decode just done: any later decode (a prefill) replaces them.
             entries = []
             for seq, slot in list(slots.items()):

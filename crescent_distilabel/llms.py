@@ -164,20 +164,10 @@ class LlamaCppChatLLM(LlamaCppLLM):
         prompts = [chat_tokens(self._model, chat) for chat in inputs]  # type: ignore[arg-type]
         if seeds is None:
             seeds = [derive_seed(self.seed, i) for i in range(len(inputs))]
-        from crescent_distilabel.llamacpp_batch import Cancelled
-
-        try:
-            rows = self._batched.generate(
-                prompts,
-                num_generations,
-                [s % MAX_SEED for s in seeds],
-                max_new_tokens,
-                temperature,
-                top_p,
-                should_stop=interrupted,
-            )
-        except Cancelled as err:
-            raise Interrupted(str(err)) from None
+        rows = self._batched.generate(
+            prompts, num_generations, [s % MAX_SEED for s in seeds], max_new_tokens, temperature, top_p,
+            should_stop=interrupted,
+        )  # fmt: skip
         return [
             generation_output(
                 [s.text for s in row],

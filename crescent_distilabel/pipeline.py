@@ -28,7 +28,7 @@ from distilabel.models.llms.base import AsyncLLM
 from distilabel.pipeline import Pipeline
 
 from crescent_distilabel import ray_cluster
-from crescent_distilabel.backends import BackendError, LocalServer, build_llm
+from crescent_distilabel.backends import BackendError, LocalServer, build_llm, proc_stat
 from crescent_distilabel.cleaning import DROP_REASONS
 from crescent_distilabel.embeddings import SentenceEmbeddings
 from crescent_distilabel.recipe import Recipe, changed_settings, dump_recipe
@@ -39,7 +39,6 @@ from crescent_distilabel.run_dir import (
     STATE_DIR,
     RunDir,
     atomic_write,
-    clear_results,
     clear_run,
     preference_config,
     save_config,
@@ -365,7 +364,7 @@ def progress_path(output_dir: Path) -> Path:
 def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool, rebuild: bool = False) -> bool:
     """Start, continue or refuse: returns True when an earlier run of the same recipe is continued.
 
-    ``rebuild`` starts over as ``overwrite`` does but keeps the LLM's stored outputs (:func:`clear_results`), so
+    ``rebuild`` starts over as ``overwrite`` does but keeps the LLM's stored outputs (:func:`clear_run`), so
     a run made with other settings or an older version of the code is made again without generating again.
 
     Raises:
@@ -384,10 +383,8 @@ def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool, rebuil
                 f"{output_dir} is not empty ({shown}) and holds no CRESCENT run ({RUN_MARKER} is missing); "
                 "nothing in it was touched. Choose a new or empty output_dir."
             )
-        if overwrite:  # only what runs write; the user's own files stay
-            clear_run(output_dir)
-        elif rebuild:
-            clear_results(output_dir)
+        if overwrite or rebuild:  # only what runs write; the user's own files stay
+            clear_run(output_dir, keep_outputs=rebuild and not overwrite)
         else:
             old = json.loads(saved.read_text())
             changes = changed_settings(old, recipe.result_settings())
@@ -727,8 +724,8 @@ def stop_on_ctrl_c(pipeline: Pipeline, db_path: Path) -> None:
                     workers = [int(name.removeprefix(WORKER)) for name in store.states(WORKER)]
                 finally:
                     store.close()
-                for pid in workers:
-                    if _parent_of(pid) == os.getpid():  # a step process of this run, never anything else
+                for pid in workers:  # step processes of this run (children), never anything else
+                    if (fields := proc_stat(pid)) and fields[1] == str(os.getpid()):
                         with contextlib.suppress(OSError):  # gone meanwhile
                             os.kill(pid, signal.SIGINT)
             if callable(handler):
@@ -738,14 +735,6 @@ def stop_on_ctrl_c(pipeline: Pipeline, db_path: Path) -> None:
         return previous
 
     pipeline._handle_keyboard_interrupt = install  # type: ignore[method-assign]
-
-
-def _parent_of(pid: int) -> int | None:
-    """The parent PID of a process (Linux ``/proc``); None when it is gone or cannot be read."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _write_run(

@@ -64,15 +64,23 @@ def is_run_dir(path: Path) -> bool:
     return (Path(path) / RUN_MARKER).is_file()
 
 
-def clear_run(output_dir: Path) -> list[str]:
+def clear_run(output_dir: Path, *, keep_outputs: bool = False) -> list[str]:
     """Remove what runs wrote in ``output_dir`` (:data:`RUN_ENTRIES`), leaving any other file; returns the names
-    removed. Refuses a directory that holds no run, so no user file is ever deleted."""
+    removed. Refuses a directory that holds no run, so no user file is ever deleted.
+
+    ``keep_outputs`` (a rebuild) keeps the progress store with the LLM's outputs (generations, rejections,
+    embeddings: each keyed by exactly what was asked, so still right for any code or settings) and forgets
+    only its decisions; the marker then stays until the rebuild writes its own.
+    """
     output_dir = Path(output_dir)
     if not is_run_dir(output_dir):
         raise RunDirError(f"{output_dir} holds no CRESCENT run ({RUN_MARKER} missing): nothing to overwrite")
     removed = []
     for name in RUN_ENTRIES:  # the marker (in STATE_DIR) goes last, so an interrupted clear can be repeated
         path = output_dir / name
+        if keep_outputs and name == STATE_DIR:
+            _forget_decisions(path / "progress.sqlite")
+            continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
@@ -83,33 +91,15 @@ def clear_run(output_dir: Path) -> list[str]:
     return removed
 
 
-def clear_results(output_dir: Path) -> list[str]:
-    """Remove what a run decided and wrote, keeping the LLM's stored outputs: :func:`clear_run` except that the
-    progress store stays, with its generations, rejections and embeddings (each keyed by exactly what was
-    asked, so still right for any code or settings) and without its decisions. Returns the names removed."""
+def _forget_decisions(store_path: Path) -> None:
     from crescent_distilabel.store import ProgressStore
 
-    output_dir = Path(output_dir)
-    if not is_run_dir(output_dir):
-        raise RunDirError(f"{output_dir} holds no CRESCENT run ({RUN_MARKER} missing): nothing to rebuild")
-    removed = []
-    for name in RUN_ENTRIES:
-        path = output_dir / name
-        if name == STATE_DIR or not (path.exists() or path.is_symlink()):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-        removed.append(name)
-    store_path = output_dir / STATE_DIR / "progress.sqlite"
     if store_path.is_file():
         store = ProgressStore(store_path)
         try:
             store.forget_decisions()
         finally:
             store.close()
-    return removed
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -237,6 +237,7 @@ def submit(
 
     # embedded CPU backends of a run take turns (see cpu_turns); the later stages first
     turns = turns_path(store.path) if store is not None and getattr(llm, "cpu_turns", False) else None
+    urgent = stage != "bait"
 
     def one_by_one(indices: list[int]) -> None:
         """In-process, one prompt per call: an error raised for a prompt rejects that prompt only."""
@@ -245,7 +246,7 @@ def submit(
                 raise Interrupted("the run is stopping")
             extra = {"seeds": [seeds[i]]} if seeded and seeds is not None else {}
             try:
-                with cpu_turn(turns, urgent=stage != "bait"):
+                with cpu_turn(turns, urgent=urgent):
                     started = time.time()
                     output = llm.generate_outputs([user_turn(prompts[i])], num_generations, **kwargs, **extra)[0]
             except Exception as err:
@@ -264,7 +265,7 @@ def submit(
             extra = {"seeds": [seeds[i] for i in todo]} if seeded and seeds is not None else {}
             chats = [user_turn(prompts[i]) for i in todo]
             try:
-                with cpu_turn(turns, urgent=stage != "bait"):
+                with cpu_turn(turns, urgent=urgent):
                     started = time.time()
                     outputs = llm.generate_outputs(chats, num_generations, **kwargs, **extra)
             except Exception as err:
